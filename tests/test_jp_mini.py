@@ -100,3 +100,34 @@ def test_jp_math_mini_runs_end_to_end(tiny_zoo, tmp_path):
     for r in out["final"]:
         assert {"jp_math/acc_ja", "jp_math/acc", "jp_math/ja_rate", "ja_general/acc_ja"} <= set(r["metrics"])
     assert (tmp_path / "run" / "final_table.md").exists()
+
+
+@pytest.mark.parametrize("experiment", ["jp_math_mini_dfs", "jp_math_mini_psdfs"])
+def test_dfs_stages_start_cma_es_at_the_anchors_own_path(experiment):
+    """Sakana's initial mean: the anchor's first-repeat layers 2 sigma above the include threshold, every other
+    include gene at it, scales 1. The x0 list in the config must match the space (4 layers, 2 models, 3 repeats,
+    W matrix) gene for gene: its mean decodes to the anchor's own path, and sampling favours it."""
+    import numpy as np
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from evomerge.space.dfs import DFSSpace
+
+    extra = ["space.recipe_models.ps=unused.yaml"] if experiment.endswith("psdfs") else []
+    with initialize_config_module("evomerge.conf", version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={experiment}", *extra]), resolve=True)
+    s = cfg["space"]
+    L = jp_mini.DEFAULTS["layers"]
+    space = DFSSpace(models=s["models"], num_layers=L, repeats=s["repeats"], scales=s["scales"], anchor=s["anchor"],
+                     fixed_ends=s["fixed_ends"])
+    x0 = np.asarray(cfg["optimizer"]["x0"], float)
+    assert x0.shape == (space.dim,)
+    mean = space.decode(space.xl + x0 * (space.xu - space.xl))
+    assert [(h.model, h.layer, h.scale) for h in mean.path] == [(s["anchor"], i, 1.0) for i in range(L)]
+    # CMA-ES's first samples (identity covariance, sigma0): the anchor's middle layers are on the path in the first
+    # repeat in ~95% of them (both of 2 genes 2 sigma above the threshold), against 25% from a mean at the threshold
+    rng = np.random.default_rng(0)
+    U = np.clip(x0 + rng.normal(0, cfg["optimizer"]["sigma0"], (400, x0.size)), 0, 1)
+    X = space.xl + U * (space.xu - space.xl)
+    k = [space.slots.index((0, s["anchor"], i)) for i in (1, 2)]  # include genes of the anchor's layers 1, 2 in r0
+    assert np.mean((X[:, k] > 0).all(axis=1)) > 0.9
