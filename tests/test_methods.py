@@ -1,8 +1,9 @@
 """Each merge method against a slow, direct reference written here from the definitions (anchors.md section 1).
 
 References work on Python floats (float64) entry by entry, with sorts instead of selection, so they share no code
-with evomerge/merge/methods.py. Randomised methods: the reference draws the same uniforms from the same generator
-(one `torch.rand` per model, shaped like the tensor, in model order), then applies its own mask logic.
+with evomerge/merge/methods.py. Randomised methods: the reference makes the same draws as the documented scheme (one
+CPU generator per model, seeded by n int draws from the method's generator; DARE draws 16-bit integers, four per
+64-bit word, DELLA one `torch.rand` shaped like the tensor), then applies its own mask logic.
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ def ref_bernoulli(d, rho, u):
     if rho <= 0:
         return [0.0] * len(d)
     return [d[j] if u[j] < rho else 0.0 for j in range(len(d))]
+
+
+def model_generators(seed, n):
+    seeds = torch.randint(0, 2**62, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def model_draws16(seed, n, numel):
+    out = []
+    for g in model_generators(seed, n):
+        words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), generator=g, dtype=torch.int64)
+        out.append([int(x) for x in words.view(torch.int16)[:numel]])
+    return out
 
 
 def ref_della(d, cols, rho, eps, u):
@@ -189,10 +203,10 @@ def test_ties_scale_invariant_weights(trio):
 def test_dare(trio, name, elect, density):
     base, ex = trio
     w, rho = [0.6, 0.9, 0.3], [density, 0.5, 0.7]
-    # the method draws one uniform tensor per model, only for 0 < density < 1, in model order
-    g = torch.Generator().manual_seed(3)
-    u = [flat(torch.rand(base.shape, generator=g)) if 0 < r < 1 else None for r in rho]
-    ref = ref_gta(base, ex, w, lambda i, d: ref_bernoulli(d, rho[i], u[i]), elect=elect, normalize=False,
+    # keep entry j of model i when its 16-bit draw (as an unsigned number) is below round(rho_i * 65536)
+    u = [[(x + 32768) / 65536 for x in draws] for draws in model_draws16(3, 3, base.numel())]
+    rho_q = [round(r * 65536) / 65536 for r in rho]
+    ref = ref_gta(base, ex, w, lambda i, d: ref_bernoulli(d, rho_q[i], u[i]), elect=elect, normalize=False,
                   rescale=True)
     close(call(name, base, ex, seed=3, weight=w, density=rho), ref)
 
@@ -220,8 +234,7 @@ def test_randomised_reproducible(trio):
 def test_della(trio, name, elect, normalize):
     base, ex = trio
     w, rho, eps = [0.5, 1.0, 0.7], [0.5, 0.3, 0.7], [0.15, 0.1, 0.2]
-    g = torch.Generator().manual_seed(11)
-    u = [flat(torch.rand(base.shape, generator=g)) for _ in rho]
+    u = [flat(torch.rand(base.shape, generator=g)) for g in model_generators(11, 3)]
     ref = ref_gta(base, ex, w, lambda i, d: ref_della(d, 9, rho[i], eps[i], u[i]), elect=elect,
                   normalize=normalize, rescale=True)
     close(call(name, base, ex, seed=11, weight=w, density=rho, epsilon=eps), ref)

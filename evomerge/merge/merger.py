@@ -4,15 +4,20 @@ The search loop calls `apply` once per candidate. Source tensors are loaded once
 allocated and nothing touches disk per candidate. Elementwise methods (linear, task_arithmetic, passthrough) run
 chunk by chunk straight into the live parameter, so no full-size float32 temporaries are allocated per candidate;
 task arithmetic is a single linear combination of the sources, so precomputed task vectors would not save a pass.
+What does not change between candidates of a search (each model's sorted |delta| for TIES/breadcrumbs thresholds,
+DARE's draws for a fixed seed) is kept per tensor in a `Memo`, within a byte budget (default: a quarter of RAM on
+CPU, nothing on accelerators); past the budget, methods compute it per call.
 """
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import torch
 from torch import nn
 
+from evomerge.merge.kernels import all_finite
 from evomerge.merge.registry import Method, get_method
 from evomerge.models.pool import ModelPool
 from evomerge.recipe import Recipe
@@ -45,10 +50,36 @@ def plan_tensor(recipe: Recipe, arch, name: str, layer: int | None = None, group
 
 
 def run_method(method: Method, kwargs: dict, base: torch.Tensor | None, tensors: list[torch.Tensor],
-               seed: int, name: str) -> torch.Tensor:
+               seed: int, name: str, memo: Memo | None = None) -> torch.Tensor:
     """Call one method on one tensor's inputs, with the per-tensor CPU generator when it is randomised."""
     generator = torch.Generator().manual_seed(tensor_seed(seed, name)) if method.randomized else None
-    return method.fn(base, tensors, generator=generator, **kwargs)
+    extra = {"memo": memo} if method.memoized else {}
+    return method.fn(base, tensors, generator=generator, **extra, **kwargs)
+
+
+class Memo(dict):
+    """Scratch space for one tensor's inputs (see methods.py), drawing on a byte budget shared by one merger."""
+
+    def __init__(self, budget: list[int]):
+        super().__init__()
+        self.budget = budget  # [bytes left], shared by every Memo of the merger
+
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= self.budget[0]
+
+    def put(self, key, value: torch.Tensor) -> None:
+        self.budget[0] -= value.nbytes
+        self[key] = value
+
+
+def default_memo_bytes(device: torch.device) -> int:
+    """A quarter of physical RAM for CPU pools; 0 on accelerators, whose memory the models need."""
+    if device.type != "cpu":
+        return 0
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
 
 
 def tensor_inputs(pool: ModelPool, recipe: Recipe, name: str, layer: int | None = None, group: str | None = None):
@@ -70,7 +101,7 @@ def merge_tensor(pool: ModelPool, recipe: Recipe, name: str) -> torch.Tensor:
 
 
 class Merger:
-    def __init__(self, pool: ModelPool, check_finite: bool = True, chunk: int = CHUNK):
+    def __init__(self, pool: ModelPool, check_finite: bool = True, chunk: int = CHUNK, memo_bytes: int | None = None):
         self.pool = pool
         self.model: nn.Module = pool.new_model()
         self.targets = self.model.state_dict(keep_vars=True)  # name -> the live Parameter/buffer
@@ -78,6 +109,15 @@ class Merger:
         self.check_finite = check_finite
         self.chunk = chunk
         self._path_builder = None  # data-flow model for recipes with a layer `path` (built on first use)
+        device = next(iter(self.targets.values())).device if self.targets else torch.device("cpu")
+        self._memo_budget = [default_memo_bytes(device) if memo_bytes is None else int(memo_bytes)]
+        self._memos: dict[tuple, Memo] = {}
+
+    def memo(self, recipe: Recipe, name: str) -> Memo:
+        key = (name, recipe.seed, tuple(recipe.models), recipe.base)
+        if key not in self._memos:
+            self._memos[key] = Memo(self._memo_budget)
+        return self._memos[key]
 
     def check(self, recipe: Recipe) -> None:
         unknown = [m for m in recipe.models + ([recipe.base] if recipe.base else []) if m not in self.pool.state]
@@ -103,7 +143,8 @@ class Merger:
             if method.elementwise and target.numel() > self.chunk and target.data.is_contiguous():
                 self._apply_chunked(method, kwargs, base, tensors, target.data, recipe.seed, name)
             else:
-                out = run_method(method, kwargs, base, tensors, recipe.seed, name)
+                out = run_method(method, kwargs, base, tensors, recipe.seed, name,
+                                 self.memo(recipe, name) if method.memoized else None)
                 self._check(out, name)
                 target.data.copy_(out)
         return self.model
@@ -120,5 +161,5 @@ class Merger:
             flat_t[sl].copy_(out)
 
     def _check(self, out: torch.Tensor, name: str) -> None:
-        if self.check_finite and out.is_floating_point() and not torch.isfinite(out).all():
+        if self.check_finite and out.is_floating_point() and not all_finite(out):
             raise MergeError(f"merged tensor {name} has NaN/Inf values")

@@ -1,9 +1,10 @@
 """Merge methods as pure tensor functions (math and defaults: shared/reference/anchors.md section 1).
 
-Every method computes in float32 (float64 stays float64) and returns the first input's dtype. Thresholds use k-th
-value selection (`torch.kthvalue`), never a full sort, except DELLA, whose per-row ranks need one sort per row.
-Randomised methods draw only from the `generator` they are given, always on the CPU (then move the mask to the
-tensor's device), so a seed gives the same merge on every run and every device.
+Every method computes in float32 (float64 stays float64) and returns the first input's dtype. Thresholds are exact
+k-th values, by selection (never a full float sort) or, in the in-memory merger, looked up in a sorted copy made once
+per search (`memo`). The task-vector family runs its elementwise part in one fused kernel (kernels.py). Randomised
+methods draw only from the `generator` they are given, always on the CPU (then move the draws to the tensor's
+device), so a seed gives the same merge on every run and every device.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import torch
 
+from evomerge.merge.kernels import Keep, abs_delta, combine, draws16, l1_norms, work_dtype
 from evomerge.merge.registry import register
 
 # ---- shared helpers ----------------------------------------------------------------------------------------------
@@ -46,134 +48,146 @@ def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(x, k).values
 
 
-def _rand_like(t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _rand_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Uniform [0, 1) numbers shaped like `t`, drawn on the CPU from `generator` so every device agrees."""
-    if generator is None:
-        raise ValueError("a randomised merge method was called without a torch.Generator (pass the recipe seed)")
     return torch.rand(t.shape, generator=generator, dtype=torch.float32).to(t.device)
 
 
-def _l1_rescale(kept: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Scale `kept` so its L1 norm matches `original`'s (mergekit's rescale); skipped when either norm < 1e-7."""
-    n_orig, n_kept = original.abs().sum(), kept.abs().sum()
-    if float(n_orig) < 1e-7 or float(n_kept) < 1e-7:
-        return kept
-    return kept * (n_orig / n_kept)
+def _model_generators(generator: torch.Generator | None, n: int) -> list[torch.Generator]:
+    """One CPU generator per model, seeded from the method's generator: model i's draws never depend on the other
+    models' densities, so they can be kept across candidates (see `memo` below)."""
+    if generator is None:
+        raise ValueError("a randomised merge method was called without a torch.Generator (pass the recipe seed)")
+    return [torch.Generator().manual_seed(s) for s in torch.randint(0, 2**62, (n,), generator=generator).tolist()]
 
 
-def magnitude_sparsify(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """TIES trim: keep the k = max(1, int(density * numel)) largest |delta| of the tensor; zeros for density <= 0."""
+def _next_up(value: float, dtype: torch.dtype) -> float:
+    """The next representable value above `value` in `dtype` (|d| > v is |d| >= next_up(v))."""
+    v = torch.tensor(value, dtype=dtype)
+    return float(torch.nextafter(v, torch.tensor(math.inf, dtype=dtype)))
+
+
+# `memo`: an optional dict-like scratch space for one tensor, given by the in-memory merger so that work which does
+# not depend on the candidate (the sorted |delta| of each model, DARE's draws) is done once per search. It has
+# `get(key)`, `fits(nbytes)` and `put(key, value)`; export passes None.
+
+
+def _kth_smallest_abs(base, t, ks: list[int], memo, i: int) -> list[float]:
+    """The ks-th smallest |t - base| (1-based): from a sorted copy kept in the memo when it fits there (one integer
+    radix sort, then every candidate's threshold is a lookup), else by selection."""
+    sorted_abs = memo.get(("sorted", i)) if memo is not None else None
+    if sorted_abs is None and memo is not None and memo.fits(t.numel() * (8 if t.dtype == torch.float64 else 4)):
+        a = abs_delta(base, t)
+        ints = torch.int64 if a.dtype == torch.float64 else torch.int32
+        sorted_abs = a.view(ints).sort().values.view(a.dtype)  # non-negative floats order like their bit patterns
+        memo.put(("sorted", i), sorted_abs)
+    if sorted_abs is not None:
+        return [float(sorted_abs[k - 1]) for k in ks]
+    a = abs_delta(base, t)
+    return [float(_kth_smallest(a, k)) for k in ks]
+
+
+def magnitude_keep(base, t, density: float, memo=None, i: int = 0) -> Keep | None:
+    """TIES trim: keep the k = max(1, int(density * numel)) largest |delta| of the tensor (entries equal to the k-th
+    are kept too); None (keep nothing) for density <= 0."""
     if density >= 1:
-        return delta
+        return Keep()
     if density <= 0:
-        return torch.zeros_like(delta)
-    n = delta.numel()
-    k = max(1, int(density * n))
-    threshold = _kth_smallest(delta.abs().reshape(-1), n - k + 1)  # the k-th largest magnitude
-    # keep |delta| >= threshold: hardshrink keeps |x| > lambd, so pass the next float below the threshold
-    below = torch.nextafter(threshold, torch.tensor(float("-inf"), dtype=threshold.dtype))
-    return torch.nn.functional.hardshrink(delta, float(below))
+        return None
+    n = t.numel()
+    (tau,) = _kth_smallest_abs(base, t, [n - max(1, int(density * n)) + 1], memo, i)
+    return Keep(lo=tau)
 
 
-def bernoulli_sparsify(delta: torch.Tensor, density: float, generator) -> torch.Tensor:
-    """DARE drop: keep each entry with probability `density` (mask ~ Bernoulli(density))."""
-    if density >= 1:
-        return delta
-    if density <= 0:
-        return torch.zeros_like(delta)
-    return delta * (_rand_like(delta, generator) < density).to(delta.dtype)
+def bernoulli_keep(base, t, density: float, generator, memo=None, i: int = 0) -> Keep | None:
+    """DARE drop: keep each entry with probability `density`, rounded to a multiple of 2^-16 (16-bit draws; mergekit
+    draws in the tensor's dtype, which for bf16 rounds the probability to 8 significant bits).
+
+    With a memo, the draws are kept, and so is the cumulative L1 norm of |delta| by draw value, so the rescale of any
+    later candidate is a lookup instead of a pass."""
+    cut = round(density * 65536)
+    if cut >= 65536:
+        return Keep()
+    if cut <= 0:
+        return None
+    draws = memo.get(("draws", i)) if memo is not None else None
+    if draws is None:
+        draws = draws16(t.numel(), generator, t.device)
+        if memo is not None and memo.fits(draws.nbytes):
+            memo.put(("draws", i), draws)
+    l1 = None
+    if memo is not None and ("draws", i) in memo:
+        cum = memo.get(("l1_by_draw", i))
+        if cum is None:
+            by_draw = torch.bincount((draws + 32768).long(), weights=abs_delta(base, t).double(), minlength=65536)
+            cum = torch.cat([by_draw.new_zeros(1), by_draw.cumsum(0)]).cpu()
+            memo.put(("l1_by_draw", i), cum)
+        l1 = (float(cum[65536]), float(cum[cut]))  # kept: the entries whose draw is below the cut
+    return Keep(draws=draws, cut=cut - 32768, l1=l1)
 
 
-def rank_sparsify(delta: torch.Tensor, density: float, epsilon: float, generator) -> torch.Tensor:
+def rank_keep(base, t, density: float, epsilon: float, generator) -> Keep | None:
     """DELLA drop: keep probability (density - eps) + 2 eps * r, r = the magnitude rank within each row in [0, 1].
 
     Rows are dim 0 of the tensor viewed as (shape[0], -1); a 1-D tensor is one row.
     """
     if density >= 1:
-        return delta
+        return Keep()
     if density <= 0:
-        return torch.zeros_like(delta)
+        return None
     if density - epsilon <= 0 or density + epsilon >= 1:
         raise ValueError(
             f"della: density {density} and epsilon {epsilon} give keep probabilities outside (0, 1); "
-            f"need epsilon < density < 1 - epsilon"
+            "keep epsilon < density < 1 - epsilon"
         )
-    rows = delta.reshape(1, -1) if delta.dim() <= 1 else delta.reshape(delta.shape[0], -1)
+    delta = abs_delta(base, t)
+    rows = delta.reshape(1, -1) if t.dim() <= 1 else delta.reshape(t.shape[0], -1)
     cols = rows.shape[1]
-    order = rows.abs().argsort(dim=1)
+    order = rows.argsort(dim=1)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(cols, device=delta.device).expand_as(order))
+    ranks.scatter_(1, order, torch.arange(cols, device=t.device).expand_as(order))
     scaled = ranks.to(rows.dtype) / (cols - 1) if cols > 1 else torch.zeros_like(rows)
     keep_p = (density - epsilon) + 2 * epsilon * scaled
-    mask = _rand_like(rows, generator) < keep_p
-    return (rows * mask).reshape(delta.shape)
+    return Keep(mask=(_rand_like(rows, generator) < keep_p).reshape(-1))
 
 
-def breadcrumbs_sparsify(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+def breadcrumbs_keep(base, t, density: float, gamma: float, memo=None, i: int = 0) -> Keep | None:
     """Model Breadcrumbs: by |delta| over the tensor, drop the n_bot smallest, keep the next int(density N), drop the
     rest (the int(gamma N) largest outliers). Small tensors (N < 1/gamma) keep their entries (no a6e4028 bug)."""
-    n = delta.numel()
-    n_top = int(gamma * n)
-    target = int(density * n)
+    n = t.numel()
+    n_top, target = int(gamma * n), int(density * n)
     n_bot = max(0, n - target - n_top)
     if target <= 0:
-        return torch.zeros_like(delta)
-    mag = delta.abs()
-    flat = mag.flatten()
-    keep = torch.ones_like(mag, dtype=torch.bool)
-    if n_bot > 0:
-        keep &= mag > _kth_smallest(flat, n_bot)
-    if n_bot + target < n:
-        keep &= mag <= _kth_smallest(flat, n_bot + target)
-    return delta * keep
+        return None
+    ks = ([n_bot] if n_bot > 0 else []) + ([n_bot + target] if n_bot + target < n else [])
+    values = _kth_smallest_abs(base, t, ks, memo, i)
+    lo = _next_up(values[0], work_dtype(base)) if n_bot > 0 else 0.0
+    hi = values[-1] if n_bot + target < n else math.inf
+    return Keep(lo=lo, hi=hi)
 
 
-_BLOCK = 1 << 16  # elements per block in the combination step: small temporaries stay in cache, no page faults
-
-
-def _gta(base, tensors, weight, sparsify, *, elect: bool, normalize: bool, rescale: bool, lam: float):
-    """The task-vector kernel shared by task_arithmetic, ties, dare_*, breadcrumbs*, della* (anchors.md 1.1).
-
-    Sparsification needs whole-tensor statistics (thresholds, L1 norms), so it runs per tensor; the sign election
-    and the weighted combination are elementwise and run block by block into one output tensor.
-    """
-    b_full = _work(base)
-    b = b_full.reshape(-1)
-    weighted = []
-    for i, t in enumerate(tensors):
-        delta = torch.sub(t, b_full)  # float32 (promoted); a new tensor owned here
-        sparse = sparsify(i, delta)
-        if rescale:
-            sparse = _l1_rescale(sparse, delta)
-        # sparse is `delta` or a new tensor, owned here: scale it in place
-        weighted.append(sparse.reshape(-1).mul_(float(weight[i])))
+def _gta(base, tensors, weight, keep, *, elect: bool, normalize: bool, rescale: bool, lam: float):
+    """The task-vector family's kernel (anchors.md 1.1): `keep(i)` says which entries of model i's task vector
+    survive (None: none), `rescale` matches each kept vector's L1 norm to the original's (skipped when either is
+    < 1e-7), then one fused pass (kernels.combine) elects signs, sums, divides and adds the base."""
+    keeps = [keep(i) for i in range(len(tensors))]
     ws = [float(w) for w in weight]
     total_w = sum(ws)
-    flat_divisor = total_w if abs(total_w) >= 1e-8 else 1.0
-    out = torch.empty(b.shape, dtype=base.dtype, device=b.device)
-    for start in range(0, b.numel(), _BLOCK):
-        sl = slice(start, start + _BLOCK)
-        us = [u[sl] for u in weighted]
-        total = us[0].clone()
-        for u in us[1:]:
-            total.add_(u)
-        if elect:
-            # elected sign, +1 where the sum is exactly 0 (an exact cancellation sums to +0.0; -0.0 only arises
-            # when every entry is zero, and zero entries never agree)
-            sign = torch.ones_like(total).copysign_(total)
-            delta_sum = torch.zeros_like(total)
-            divisor = torch.zeros_like(total)
-            for w, u in zip(ws, us, strict=True):
-                agree = ((u * sign) > 0).to(u.dtype)  # same sign as elected; zero entries never agree
-                delta_sum.addcmul_(u, agree)
-                divisor.add_(agree, alpha=w)
-            divisor.masked_fill_(divisor == 0, 1.0)
-        else:
-            delta_sum, divisor = total, flat_divisor
-        if normalize:
-            delta_sum.div_(divisor)
-        out[sl] = delta_sum.mul_(lam).add_(b[sl])
-    return out.reshape(base.shape)
+    flat_div = total_w if abs(total_w) >= 1e-8 else 1.0
+    live = [i for i, k in enumerate(keeps) if k is not None]
+    if not live:  # every task vector dropped: the base
+        return base.clone()
+    coefs = []
+    for i in live:
+        scale = 1.0
+        k = keeps[i]
+        if rescale and (k.ranged or k.draws is not None or k.mask is not None):
+            n_orig, n_kept = k.l1 if k.l1 is not None else l1_norms(base, tensors[i], k)
+            if n_orig >= 1e-7 and n_kept >= 1e-7:
+                scale = n_orig / n_kept
+        coefs.append(ws[i] * scale)
+    return combine(base, [tensors[i] for i in live], [keeps[i] for i in live], coefs, [ws[i] for i in live],
+                   lam=float(lam), flat_div=flat_div, elect=elect, normalize=normalize)
 
 
 # ---- linear family ---------------------------------------------------------------------------------------------
@@ -219,60 +233,65 @@ def _combine(tensors: list[torch.Tensor], coeffs: list[float]) -> torch.Tensor:
 # ---- sparsified task-vector family ------------------------------------------------------------------------------
 
 _GTA = {"weight": None, "density": 1.0}
+_TV = {"needs_base": True, "memoized": True}
 
 
-@register("ties", needs_base=True, per_model=_GTA, params={"lambda": 1.0, "normalize": True, "rescale": False})
-def ties(base, tensors, *, weight, density, normalize, rescale, generator=None, **kw):
+@register("ties", per_model=_GTA, params={"lambda": 1.0, "normalize": True, "rescale": False}, **_TV)
+def ties(base, tensors, *, weight, density, normalize, rescale, generator=None, memo=None, **kw):
     """TIES: per-tensor magnitude top-k trim, sign election on the weighted sum, disjoint (weighted) mean."""
-    return _gta(base, tensors, weight, lambda i, d: magnitude_sparsify(d, density[i]),
+    return _gta(base, tensors, weight, lambda i: magnitude_keep(base, tensors[i], density[i], memo, i),
                 elect=True, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
-@register("dare_linear", needs_base=True, per_model=_GTA, params={"lambda": 1.0, "normalize": False, "rescale": True},
-          randomized=True)
-def dare_linear(base, tensors, *, weight, density, normalize, rescale, generator=None, **kw):
+@register("dare_linear", per_model=_GTA, params={"lambda": 1.0, "normalize": False, "rescale": True},
+          randomized=True, **_TV)
+def dare_linear(base, tensors, *, weight, density, normalize, rescale, generator=None, memo=None, **kw):
     """DARE: Bernoulli(density) keep mask, whole-tensor L1 rescale, weighted sum."""
-    return _gta(base, tensors, weight, lambda i, d: bernoulli_sparsify(d, density[i], generator),
+    gens = _model_generators(generator, len(tensors))
+    return _gta(base, tensors, weight, lambda i: bernoulli_keep(base, tensors[i], density[i], gens[i], memo, i),
                 elect=False, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
-@register("dare_ties", needs_base=True, per_model=_GTA, params={"lambda": 1.0, "normalize": False, "rescale": True},
-          randomized=True)
-def dare_ties(base, tensors, *, weight, density, normalize, rescale, generator=None, **kw):
+@register("dare_ties", per_model=_GTA, params={"lambda": 1.0, "normalize": False, "rescale": True},
+          randomized=True, **_TV)
+def dare_ties(base, tensors, *, weight, density, normalize, rescale, generator=None, memo=None, **kw):
     """DARE with TIES sign election (normalize off by default: a weighted sum of agreeing entries)."""
-    return _gta(base, tensors, weight, lambda i, d: bernoulli_sparsify(d, density[i], generator),
+    gens = _model_generators(generator, len(tensors))
+    return _gta(base, tensors, weight, lambda i: bernoulli_keep(base, tensors[i], density[i], gens[i], memo, i),
                 elect=True, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
-@register("breadcrumbs", needs_base=True, per_model={**_GTA, "gamma": 0.01},
-          params={"lambda": 1.0, "normalize": False, "rescale": False})
-def breadcrumbs(base, tensors, *, weight, density, gamma, normalize, rescale, generator=None, **kw):
+@register("breadcrumbs", per_model={**_GTA, "gamma": 0.01},
+          params={"lambda": 1.0, "normalize": False, "rescale": False}, **_TV)
+def breadcrumbs(base, tensors, *, weight, density, gamma, normalize, rescale, generator=None, memo=None, **kw):
     """Model Breadcrumbs: drop the smallest and the largest-outlier entries of each task vector, weighted sum."""
-    return _gta(base, tensors, weight, lambda i, d: breadcrumbs_sparsify(d, density[i], gamma[i]),
+    return _gta(base, tensors, weight, lambda i: breadcrumbs_keep(base, tensors[i], density[i], gamma[i], memo, i),
                 elect=False, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
-@register("breadcrumbs_ties", needs_base=True, per_model={**_GTA, "gamma": 0.01},
-          params={"lambda": 1.0, "normalize": False, "rescale": False})
-def breadcrumbs_ties(base, tensors, *, weight, density, gamma, normalize, rescale, generator=None, **kw):
+@register("breadcrumbs_ties", per_model={**_GTA, "gamma": 0.01},
+          params={"lambda": 1.0, "normalize": False, "rescale": False}, **_TV)
+def breadcrumbs_ties(base, tensors, *, weight, density, gamma, normalize, rescale, generator=None, memo=None, **kw):
     """Breadcrumbs with TIES sign election."""
-    return _gta(base, tensors, weight, lambda i, d: breadcrumbs_sparsify(d, density[i], gamma[i]),
+    return _gta(base, tensors, weight, lambda i: breadcrumbs_keep(base, tensors[i], density[i], gamma[i], memo, i),
                 elect=True, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
-@register("della", needs_base=True, per_model={**_GTA, "epsilon": 0.15},
-          params={"lambda": 1.0, "normalize": True, "rescale": True}, randomized=True)
+@register("della", per_model={**_GTA, "epsilon": 0.15},
+          params={"lambda": 1.0, "normalize": True, "rescale": True}, randomized=True, needs_base=True)
 def della(base, tensors, *, weight, density, epsilon, normalize, rescale, generator=None, **kw):
     """DELLA: rank-based Bernoulli drop per row, L1 rescale, sign election, weighted mean."""
-    return _gta(base, tensors, weight, lambda i, d: rank_sparsify(d, density[i], epsilon[i], generator),
+    gens = _model_generators(generator, len(tensors))
+    return _gta(base, tensors, weight, lambda i: rank_keep(base, tensors[i], density[i], epsilon[i], gens[i]),
                 elect=True, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
-@register("della_linear", needs_base=True, per_model={**_GTA, "epsilon": 0.15},
-          params={"lambda": 1.0, "normalize": False, "rescale": True}, randomized=True)
+@register("della_linear", per_model={**_GTA, "epsilon": 0.15},
+          params={"lambda": 1.0, "normalize": False, "rescale": True}, randomized=True, needs_base=True)
 def della_linear(base, tensors, *, weight, density, epsilon, normalize, rescale, generator=None, **kw):
     """DELLA without election: rank-based drop, L1 rescale, weighted sum."""
-    return _gta(base, tensors, weight, lambda i, d: rank_sparsify(d, density[i], epsilon[i], generator),
+    gens = _model_generators(generator, len(tensors))
+    return _gta(base, tensors, weight, lambda i: rank_keep(base, tensors[i], density[i], epsilon[i], gens[i]),
                 elect=False, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 

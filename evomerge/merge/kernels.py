@@ -1,0 +1,194 @@
+"""Fused elementwise kernels for the task-vector family (ties, dare_*, breadcrumbs*, della*).
+
+Why: written as separate torch ops, a TIES merge makes about twenty passes over memory per model; fused, it makes
+one. Large tensors go through `torch.compile` (inductor turns each function below into one loop); small tensors, and
+machines where compiling fails, run the same functions eagerly, block by block so temporaries stay in cache. Both
+paths compute the same formula in float32 (float64 stays float64); they can differ in the last bit where the
+compiler contracts a multiply-add. `EVOMERGE_COMPILE=0` turns compiling off.
+
+Which entries of task vector i survive is described by `Keep`: a magnitude range (TIES, breadcrumbs), 16-bit uniform
+draws under a cut (DARE), or an explicit mask (DELLA), combined with AND.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+COMPILE_MIN = 1 << 20  # elements; below this, eager blocks beat the compile and the per-call guard checks
+BLOCK = 1 << 16  # elements per eager block
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Entries of one task vector d that survive: lo <= |d| <= hi, and draws < cut (DARE), and mask (DELLA)."""
+
+    lo: float = 0.0
+    hi: float = math.inf
+    draws: torch.Tensor | None = None  # flat float32 holding uniform integer draws on [-32768, 32767]
+    cut: int = 0  # keep where draws < cut, so P(keep) = (cut + 32768) / 65536
+    mask: torch.Tensor | None = None  # flat bool
+    l1: tuple[float, float] | None = None  # (||d||_1, ||kept(d)||_1) when already known
+
+    @property
+    def ranged(self) -> bool:
+        return self.lo > 0 or self.hi < math.inf
+
+
+def work_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _keep_mask(d, lo, hi, ranged: bool, draws, cut, mask):
+    keep = None
+    if ranged:
+        a = d.abs()
+        keep = (a >= lo) & (a <= hi)
+    if draws is not None:
+        k = draws < cut
+        keep = k if keep is None else keep & k
+    if mask is not None:
+        keep = mask if keep is None else keep & mask
+    return keep
+
+
+def _combine_math(b, ts, lo, hi, ranged, draws, cuts, masks, coef, w, lam, flat_div, elect: bool, normalize: bool):
+    """theta_b + lam * (elected or plain) sum of coef_i * kept(d_i), optionally divided: anchors.md section 1.1."""
+    bf = b.to(lo.dtype)
+    us = []
+    for i, t in enumerate(ts):
+        d = t.to(lo.dtype) - bf
+        keep = _keep_mask(d, lo[i], hi[i], ranged[i], draws[i], cuts[i], masks[i])
+        u = d * coef[i]
+        us.append(u if keep is None else torch.where(keep, u, 0.0))
+    total = us[0]
+    for u in us[1:]:
+        total = total + u
+    if elect:
+        pos = total >= 0  # elected sign +1 where the sum is exactly 0; zero entries never agree
+        delta = torch.zeros_like(total)
+        divisor = torch.zeros_like(total)
+        for i, u in enumerate(us):
+            agree = torch.where(pos, u > 0, u < 0)
+            delta = delta + torch.where(agree, u, 0.0)
+            divisor = divisor + torch.where(agree, w[i], 0.0)
+        if normalize:
+            delta = delta / torch.where(divisor == 0, 1.0, divisor)
+    else:
+        delta = total / flat_div if normalize else total
+    return (delta * lam + bf).to(b.dtype)
+
+
+def _l1_math(b, t, lo, hi, ranged: bool, draws, cut, mask):
+    """(sum |d|, sum over kept entries of |d|) for the L1 rescale, accumulated in float64."""
+    a = (t.to(lo.dtype) - b.to(lo.dtype)).abs()
+    keep = _keep_mask(a, lo, hi, ranged, draws, cut, mask)
+    kept = a if keep is None else torch.where(keep, a, 0.0)
+    return a.to(torch.float64).sum(), kept.to(torch.float64).sum()
+
+
+_compiled: dict = {}
+_compile_ok = os.environ.get("EVOMERGE_COMPILE", "1") != "0"
+
+
+def _compiled_fn(fn):
+    if fn not in _compiled:
+        import torch._dynamo
+
+        # one compiled variant per structure (number of models, which keep rules, flags): allow plenty of them
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
+        _compiled[fn] = torch.compile(fn, dynamic=True)
+    return _compiled[fn]
+
+
+def _call(fn, n: int, args: tuple, kwargs: dict):
+    """Run `fn` compiled when the tensor is large and compiling works here, else None (caller runs it eagerly)."""
+    global _compile_ok
+    if not (_compile_ok and n >= COMPILE_MIN):
+        return None
+    try:
+        return _compiled_fn(fn)(*args, **kwargs)
+    except Exception as e:  # no C++ compiler, unsupported device or dtype: merge eagerly from now on
+        _compile_ok = False
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); merging eagerly (slower). "
+                      "Set EVOMERGE_COMPILE=0 to skip the attempt.", stacklevel=3)
+        return None
+
+
+def _params(keeps: list[Keep], coefs: list[float], weights: list[float], dtype, device):
+    vec = lambda xs: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
+    return (vec([k.lo for k in keeps]), vec([k.hi for k in keeps]), tuple(k.ranged for k in keeps),
+            tuple(k.draws for k in keeps), vec([k.cut for k in keeps]), tuple(k.mask for k in keeps), vec(coefs),
+            vec(weights))
+
+
+def _part(xs: tuple, sl: slice) -> tuple:
+    return tuple(None if x is None else x[sl] for x in xs)
+
+
+def combine(base: torch.Tensor, tensors: list[torch.Tensor], keeps: list[Keep], coefs: list[float],
+            weights: list[float], *, lam: float, flat_div: float, elect: bool, normalize: bool) -> torch.Tensor:
+    """The merged tensor: base + lam * (elected) combination of coef_i * kept(tensor_i - base)."""
+    dtype, dev, n = work_dtype(base), base.device, base.numel()
+    lo, hi, ranged, draws, cuts, masks, coef, w = _params(keeps, coefs, weights, dtype, dev)
+    b = base.reshape(-1)
+    ts = tuple(t.reshape(-1) for t in tensors)
+    lam_t, div_t = torch.tensor(lam, dtype=dtype, device=dev), torch.tensor(flat_div, dtype=dtype, device=dev)
+    flags = {"elect": elect, "normalize": normalize}
+    out = _call(_combine_math, n, (b, ts, lo, hi, ranged, draws, cuts, masks, coef, w, lam_t, div_t), flags)
+    if out is None:
+        out = torch.empty_like(b)
+        for s in range(0, n, BLOCK):
+            sl = slice(s, s + BLOCK)
+            out[sl] = _combine_math(b[sl], _part(ts, sl), lo, hi, ranged, _part(draws, sl), cuts, _part(masks, sl),
+                                    coef, w, lam_t, div_t, **flags)
+    return out.reshape(base.shape)
+
+
+def l1_norms(base: torch.Tensor, tensor: torch.Tensor, keep: Keep) -> tuple[float, float]:
+    """(||d||_1, ||kept(d)||_1) of d = tensor - base, accumulated in float64."""
+    dtype, n = work_dtype(base), base.numel()
+    lo, hi, ranged, draws, cuts, masks, _, _ = _params([keep], [1.0], [1.0], dtype, base.device)
+    args = (base.reshape(-1), tensor.reshape(-1), lo[0], hi[0], ranged[0], draws[0], cuts[0], masks[0])
+    res = _call(_l1_math, n, args, {})
+    if res is None:
+        total = kept = 0.0
+        for s in range(0, n, BLOCK):
+            sl = slice(s, s + BLOCK)
+            a, k = _l1_math(args[0][sl], args[1][sl], *args[2:5], None if draws[0] is None else draws[0][sl],
+                            args[6], None if masks[0] is None else masks[0][sl])
+            total, kept = total + float(a), kept + float(k)
+        return total, kept
+    return float(res[0]), float(res[1])
+
+
+def _sum_math(x, dtype: torch.dtype):
+    return x.to(dtype).sum()
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in `t`. Its float32 sum is finite exactly when every entry is, unless the sum overflows: only then
+    is the slower entry-by-entry test needed."""
+    dtype = work_dtype(t)
+    total = _call(_sum_math, t.numel(), (t.reshape(-1), dtype), {})
+    if total is None:
+        total = t.sum(dtype=dtype)
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(t).all())
+
+
+def abs_delta(base: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """|tensor - base| flattened, in the work dtype (the values TIES and breadcrumbs rank)."""
+    return (tensor.reshape(-1).to(work_dtype(base)) - base.reshape(-1).to(work_dtype(base))).abs_()
+
+
+def draws16(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """n uniform 16-bit integer draws from `generator`, made on the CPU (so every device gets the same), four per
+    64-bit draw, held as float32 (compiled kernels vectorise float masks, not int16 ones)."""
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), generator=generator, dtype=torch.int64)
+    return words.view(torch.int16)[:n].to(device=device, dtype=torch.float32)
