@@ -22,6 +22,7 @@ def _run(name, base, tensors, compiled, monkeypatch, **kw):
 @pytest.mark.parametrize("name,per_model", [
     ("ties", {"weight": [1.0, 0.6, -0.3], "density": [0.3, 0.8, 0.5]}),
     ("dare_ties", {"weight": [0.7, 0.9, 0.4], "density": [0.3, 1.0, 0.6]}),
+    ("task_arithmetic", {"weight": [0.7, 0.9, 0.4]}),
 ])
 def test_compiled_equals_eager(name, per_model, monkeypatch):
     g = torch.Generator().manual_seed(0)

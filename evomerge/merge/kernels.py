@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 COMPILE_MIN = 1 << 20  # elements; below this, eager blocks beat the compile and the per-call guard checks
-BLOCK = 1 << 16  # elements per eager block
+BLOCK = 1 << 14  # elements per eager block (64 KB of float32: under malloc's mmap threshold, in L2)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Keep:
     hi: float = math.inf
     draws: torch.Tensor | None = None  # flat float32 holding uniform integer draws on [-32768, 32767]
     cut: int = 0  # keep where draws < cut, so P(keep) = (cut + 32768) / 65536
-    mask: torch.Tensor | None = None  # flat bool
+    mask: torch.Tensor | None = None  # flat, 1.0 = keep, 0.0 = drop
     l1: tuple[float, float] | None = None  # (||d||_1, ||kept(d)||_1) when already known
 
     @property
@@ -43,56 +44,101 @@ def work_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _keep_mask(d, lo, hi, ranged: bool, draws, cut, mask):
+def _step(x):
+    """1.0 where x > 0, else 0.0. Masks are kept as floats: eager CPU kernels on bool tensors are several times
+    slower than float arithmetic, and compiled kernels vectorise float selects best."""
+    return torch.sign(torch.relu(x))
+
+
+def _keep_factor(d, lo_below, hi, has_lo: bool, has_hi: bool, draws, cut, mask):
+    """1.0 for the entries of d that survive, 0.0 for the others, or None when all survive."""
     keep = None
-    if ranged:
+    if has_lo or has_hi:
         a = d.abs()
-        keep = (a >= lo) & (a <= hi)
-    if draws is not None:
-        k = draws < cut
-        keep = k if keep is None else keep & k
+        if has_lo:  # |d| >= lo, i.e. |d| > the float just below lo
+            keep = _step(a - lo_below)
+        if has_hi:  # |d| <= hi
+            k = 1 - _step(a - hi)
+            keep = k if keep is None else keep * k
+    if draws is not None:  # integer-valued draws: cut - draws >= 1 exactly when draws < cut
+        k = torch.clamp(cut - draws, 0, 1)
+        keep = k if keep is None else keep * k
     if mask is not None:
-        keep = mask if keep is None else keep & mask
+        keep = mask if keep is None else keep * mask
     return keep
 
 
-def _combine_math(b, ts, lo, hi, ranged, draws, cuts, masks, coef, w, lam, flat_div, elect: bool, normalize: bool):
+def _combine_math(b, ts, lo, hi, flags, draws, cuts, masks, coef, w, lam, flat_div, elect: bool, normalize: bool):
     """theta_b + lam * (elected or plain) sum of coef_i * kept(d_i), optionally divided: anchors.md section 1.1."""
     bf = b.to(lo.dtype)
     us = []
     for i, t in enumerate(ts):
         d = t.to(lo.dtype) - bf
-        keep = _keep_mask(d, lo[i], hi[i], ranged[i], draws[i], cuts[i], masks[i])
+        keep = _keep_factor(d, lo[i], hi[i], *flags[i], draws[i], cuts[i], masks[i])
         u = d * coef[i]
-        us.append(u if keep is None else torch.where(keep, u, 0.0))
+        us.append(u if keep is None else u * keep)
     total = us[0]
     for u in us[1:]:
         total = total + u
     if elect:
-        pos = total >= 0  # elected sign +1 where the sum is exactly 0; zero entries never agree
-        delta = torch.zeros_like(total)
-        divisor = torch.zeros_like(total)
+        # elected sign: +1 where the sum is +0 (an exact cancellation); -0 only when every entry is zero, and zero
+        # entries never agree
+        sign = torch.ones_like(total).copysign(total)
+        delta = divisor = None
         for i, u in enumerate(us):
-            agree = torch.where(pos, u > 0, u < 0)
-            delta = delta + torch.where(agree, u, 0.0)
-            divisor = divisor + torch.where(agree, w[i], 0.0)
+            agree = _step(u * sign)
+            delta = u * agree if delta is None else delta + u * agree
+            divisor = agree * w[i] if divisor is None else divisor + agree * w[i]
         if normalize:
-            delta = delta / torch.where(divisor == 0, 1.0, divisor)
+            delta = delta / (divisor + (1 - torch.sign(divisor.abs())))  # a zero divisor counts as 1
     else:
         delta = total / flat_div if normalize else total
     return (delta * lam + bf).to(b.dtype)
 
 
-def _l1_math(b, t, lo, hi, ranged: bool, draws, cut, mask):
+def _lincomb_math(ts, coef):
+    acc = ts[0].to(coef.dtype) * coef[0]
+    for i, t in enumerate(ts[1:], 1):
+        acc = acc + t.to(coef.dtype) * coef[i]
+    return acc.to(ts[0].dtype)
+
+
+def lincomb(tensors: list[torch.Tensor], coeffs: list[float]) -> torch.Tensor:
+    """sum_j c_j t_j accumulated in float32 (float64 stays float64), returned in the first tensor's dtype."""
+    first, n = tensors[0], tensors[0].numel()
+    coef = torch.tensor(coeffs, dtype=work_dtype(first), device=first.device)
+    flat = tuple(t.reshape(-1) for t in tensors)
+    out = _call(_lincomb_math, n, (flat, coef), {})
+    if out is None:
+        out = torch.empty_like(flat[0])
+        for s in range(0, n, BLOCK):
+            out[s:s + BLOCK] = _lincomb_math(_part(flat, slice(s, s + BLOCK)), coef)
+    return out.reshape(first.shape)
+
+
+def _l1_math(b, t, lo, hi, flags, draws, cut, mask):
     """(sum |d|, sum over kept entries of |d|) for the L1 rescale, accumulated in float64."""
     a = (t.to(lo.dtype) - b.to(lo.dtype)).abs()
-    keep = _keep_mask(a, lo, hi, ranged, draws, cut, mask)
-    kept = a if keep is None else torch.where(keep, a, 0.0)
+    keep = _keep_factor(a, lo, hi, *flags, draws, cut, mask)
+    kept = a if keep is None else a * keep
     return a.to(torch.float64).sum(), kept.to(torch.float64).sum()
 
 
 _compiled: dict = {}
 _compile_ok = os.environ.get("EVOMERGE_COMPILE", "1") != "0"
+
+
+@contextmanager
+def compiling(enabled: bool):
+    """Turn compiling on or off for a block (export of a small model: the one-off compile, ~10-40 s, costs more
+    than it saves)."""
+    global COMPILE_MIN
+    saved = COMPILE_MIN
+    COMPILE_MIN = saved if enabled else 1 << 62
+    try:
+        yield
+    finally:
+        COMPILE_MIN = saved
 
 
 def _compiled_fn(fn):
@@ -122,8 +168,12 @@ def _call(fn, n: int, args: tuple, kwargs: dict):
 
 
 def _params(keeps: list[Keep], coefs: list[float], weights: list[float], dtype, device):
-    vec = lambda xs: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
-    return (vec([k.lo for k in keeps]), vec([k.hi for k in keeps]), tuple(k.ranged for k in keeps),
+    def vec(xs):
+        return torch.tensor(xs, dtype=dtype, device=device)
+
+    lo_below = torch.nextafter(vec([k.lo for k in keeps]), vec([-math.inf] * len(keeps)))
+    flags = tuple((k.lo > 0, k.hi < math.inf) for k in keeps)
+    return (lo_below, vec([k.hi for k in keeps]), flags,
             tuple(k.draws for k in keeps), vec([k.cut for k in keeps]), tuple(k.mask for k in keeps), vec(coefs),
             vec(weights))
 
@@ -136,26 +186,26 @@ def combine(base: torch.Tensor, tensors: list[torch.Tensor], keeps: list[Keep], 
             weights: list[float], *, lam: float, flat_div: float, elect: bool, normalize: bool) -> torch.Tensor:
     """The merged tensor: base + lam * (elected) combination of coef_i * kept(tensor_i - base)."""
     dtype, dev, n = work_dtype(base), base.device, base.numel()
-    lo, hi, ranged, draws, cuts, masks, coef, w = _params(keeps, coefs, weights, dtype, dev)
+    lo, hi, flags, draws, cuts, masks, coef, w = _params(keeps, coefs, weights, dtype, dev)
     b = base.reshape(-1)
     ts = tuple(t.reshape(-1) for t in tensors)
     lam_t, div_t = torch.tensor(lam, dtype=dtype, device=dev), torch.tensor(flat_div, dtype=dtype, device=dev)
-    flags = {"elect": elect, "normalize": normalize}
-    out = _call(_combine_math, n, (b, ts, lo, hi, ranged, draws, cuts, masks, coef, w, lam_t, div_t), flags)
+    kw = {"elect": elect, "normalize": normalize}
+    out = _call(_combine_math, n, (b, ts, lo, hi, flags, draws, cuts, masks, coef, w, lam_t, div_t), kw)
     if out is None:
         out = torch.empty_like(b)
         for s in range(0, n, BLOCK):
             sl = slice(s, s + BLOCK)
-            out[sl] = _combine_math(b[sl], _part(ts, sl), lo, hi, ranged, _part(draws, sl), cuts, _part(masks, sl),
-                                    coef, w, lam_t, div_t, **flags)
+            out[sl] = _combine_math(b[sl], _part(ts, sl), lo, hi, flags, _part(draws, sl), cuts, _part(masks, sl),
+                                    coef, w, lam_t, div_t, **kw)
     return out.reshape(base.shape)
 
 
 def l1_norms(base: torch.Tensor, tensor: torch.Tensor, keep: Keep) -> tuple[float, float]:
     """(||d||_1, ||kept(d)||_1) of d = tensor - base, accumulated in float64."""
     dtype, n = work_dtype(base), base.numel()
-    lo, hi, ranged, draws, cuts, masks, _, _ = _params([keep], [1.0], [1.0], dtype, base.device)
-    args = (base.reshape(-1), tensor.reshape(-1), lo[0], hi[0], ranged[0], draws[0], cuts[0], masks[0])
+    lo, hi, flags, draws, cuts, masks, _, _ = _params([keep], [1.0], [1.0], dtype, base.device)
+    args = (base.reshape(-1), tensor.reshape(-1), lo[0], hi[0], flags[0], draws[0], cuts[0], masks[0])
     res = _call(_l1_math, n, args, {})
     if res is None:
         total = kept = 0.0
@@ -184,7 +234,8 @@ def all_finite(t: torch.Tensor) -> bool:
 
 def abs_delta(base: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
     """|tensor - base| flattened, in the work dtype (the values TIES and breadcrumbs rank)."""
-    return (tensor.reshape(-1).to(work_dtype(base)) - base.reshape(-1).to(work_dtype(base))).abs_()
+    out = tensor.reshape(-1).to(work_dtype(base), copy=True)
+    return out.sub_(base.reshape(-1)).abs_()
 
 
 def draws16(n: int, generator: torch.Generator, device) -> torch.Tensor:

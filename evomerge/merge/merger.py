@@ -17,6 +17,7 @@ import zlib
 import torch
 from torch import nn
 
+from evomerge.merge import kernels
 from evomerge.merge.kernels import all_finite
 from evomerge.merge.registry import Method, get_method
 from evomerge.models.pool import ModelPool
@@ -140,7 +141,7 @@ class Merger:
                 target.data.copy_(fallback[name])
                 continue
             method, kwargs, base, tensors = inputs
-            if method.elementwise and target.numel() > self.chunk and target.data.is_contiguous():
+            if method.elementwise and self.chunk < target.numel() < kernels.COMPILE_MIN and target.data.is_contiguous():
                 self._apply_chunked(method, kwargs, base, tensors, target.data, recipe.seed, name)
             else:
                 out = run_method(method, kwargs, base, tensors, recipe.seed, name,

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from evomerge.merge.kernels import Keep, abs_delta, combine, draws16, l1_norms, work_dtype
+from evomerge.merge.kernels import Keep, abs_delta, combine, draws16, l1_norms, lincomb, work_dtype
 from evomerge.merge.registry import register
 
 # ---- shared helpers ----------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def rank_keep(base, t, density: float, epsilon: float, generator) -> Keep | None
     ranks.scatter_(1, order, torch.arange(cols, device=t.device).expand_as(order))
     scaled = ranks.to(rows.dtype) / (cols - 1) if cols > 1 else torch.zeros_like(rows)
     keep_p = (density - epsilon) + 2 * epsilon * scaled
-    return Keep(mask=(_rand_like(rows, generator) < keep_p).reshape(-1))
+    return Keep(mask=(_rand_like(rows, generator) < keep_p).reshape(-1).to(rows.dtype))
 
 
 def breadcrumbs_keep(base, t, density: float, gamma: float, memo=None, i: int = 0) -> Keep | None:
@@ -222,12 +222,7 @@ def task_arithmetic(base, tensors, *, weight, normalize, generator=None, **kw):
 
 def _combine(tensors: list[torch.Tensor], coeffs: list[float]) -> torch.Tensor:
     """sum_j c_j t_j accumulated in float32 (no float32 copies of the inputs), returned in the inputs' dtype."""
-    dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    acc = torch.empty(tensors[0].shape, dtype=dtype, device=tensors[0].device)
-    acc.copy_(tensors[0]).mul_(coeffs[0])
-    for t, c in zip(tensors[1:], coeffs[1:], strict=True):
-        acc.add_(t, alpha=c)
-    return acc.to(tensors[0].dtype)
+    return lincomb(tensors, coeffs)
 
 
 # ---- sparsified task-vector family ------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Builds random Llama checkpoints (base + 2 "experts" = base + noise; default ~374M parameters: hidden 1024,
 intermediate 2816, 24 layers, vocab 32000, bf16) and measures in one run, each in a fresh subprocess:
 - naive: tensor by tensor from the memory-mapped safetensors, out = 0.5*a + 0.5*b (no write) - the baseline;
-- inmem: `Merger.apply(recipe)` on an already loaded pool (base + 2 experts), warm (after one untimed apply);
-- export: `evomerge-merge recipe.yaml OUT --shard-size 500MB` (reads base + 2 experts, writes the checkpoint).
+- inmem: `Merger.apply(recipe)` on an already loaded pool (base + 2 experts), warm: after one apply, timed apart as
+  "first apply", which compiles the fused kernels and fills the per-search memo (sorted |delta|, DARE draws);
+- export: `evomerge-merge recipe.yaml OUT --shard-size 500MB` (reads base + 2 experts, writes the checkpoint; at
+  this size `--compile auto` merges eagerly: compiling would cost more than it saves).
 Time is the median over --repeats; memory is the peak RSS (ru_maxrss, includes the memory-mapped input pages) and
 the peak anonymous RSS (sampled /proc/self/status RssAnon: memory beyond the mapped inputs).
 
@@ -148,7 +150,9 @@ def worker(kind: str, method: str, root: Path, repeats: int, threads: int) -> di
         pool = load_pool([ModelSpec(m, str(root / m)) for m in recipe.models], ModelSpec("base", str(root / "base")))
         merger = Merger(pool)
         anon = AnonPeak()
-        merger.apply(recipe)  # warm-up: first touch of the output model's pages
+        t0 = time.perf_counter()
+        merger.apply(recipe)  # warm-up: first touch of the output pages, compiling, the memo (sorts, draws)
+        first = time.perf_counter() - t0
         for _ in range(repeats):
             t0 = time.perf_counter()
             merger.apply(recipe)
@@ -176,7 +180,7 @@ def worker(kind: str, method: str, root: Path, repeats: int, threads: int) -> di
         shutil.rmtree(out, ignore_errors=True)
     else:
         raise ValueError(kind)
-    return {"times": times, "time": statistics.median(times),
+    return {"times": times, "time": statistics.median(times), "first": first if kind == "inmem" else None,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_anon": peak_anon}
 
 
@@ -209,17 +213,18 @@ def main() -> None:
     naive = run("naive", "-", root, args.repeats, args.threads)
     print(f"naive 0.5a+0.5b pass: {naive['time']:.2f} s (median of {naive['times']}), "
           f"peak RSS {naive['peak_rss'] / gb:.2f} GiB")
-    print("| method | in-memory apply s | ratio | s per 100M params | export s | ratio | export peak RSS GiB "
-          "| export peak anon GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | in-memory apply s | ratio | s per 100M params | first apply s | export s | ratio "
+          "| export peak RSS GiB | export peak anon GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     kinds = args.kinds.split(",")
     for method in args.methods.split(","):
         row = [method]
         if "inmem" in kinds:
             r = run("inmem", method, root, args.repeats, args.threads)
-            row += [f"{r['time']:.2f}", f"{r['time'] / naive['time']:.2f}x", f"{r['time'] / (n / 1e8):.2f}"]
+            row += [f"{r['time']:.2f}", f"{r['time'] / naive['time']:.2f}x", f"{r['time'] / (n / 1e8):.2f}",
+                    f"{r['first']:.1f}"]
         else:
-            row += ["-"] * 3
+            row += ["-"] * 4
         if "export" in kinds:
             r = run("export", method, root, args.repeats, args.threads)
             row += [f"{r['time']:.2f}", f"{r['time'] / naive['time']:.2f}x", f"{r['peak_rss'] / gb:.2f}",
