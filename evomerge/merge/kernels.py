@@ -109,10 +109,16 @@ def lincomb(tensors: list[torch.Tensor], coeffs: list[float]) -> torch.Tensor:
     coef = torch.tensor(coeffs, dtype=work_dtype(first), device=first.device)
     flat = tuple(t.reshape(-1) for t in tensors)
     out = _call(_lincomb_math, n, (flat, coef), {})
-    if out is None:
+    if out is None:  # eager: in-place multiply-adds on a float32 block (the same sums, one rounding per step)
         out = torch.empty_like(flat[0])
+        acc = torch.empty(min(n, BLOCK), dtype=coef.dtype, device=first.device)
         for s in range(0, n, BLOCK):
-            out[s:s + BLOCK] = _lincomb_math(_part(flat, slice(s, s + BLOCK)), coef)
+            part = _part(flat, slice(s, s + BLOCK))
+            a = acc[:part[0].numel()]
+            a.copy_(part[0]).mul_(coeffs[0])
+            for t, c in zip(part[1:], coeffs[1:], strict=True):
+                a.add_(t, alpha=c)
+            out[s:s + BLOCK] = a
     return out.reshape(first.shape)
 
 
