@@ -42,12 +42,13 @@ def test_apply_equals_per_tensor_merge(pool, method):
         assert torch.equal(out[name], merge_tensor(pool, recipe, name)), name
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "della"])
 def test_memo_reused_across_candidates(pool, method):
     """The merger keeps sorted |delta| and DARE draws across candidates: later candidates with other densities and
     weights still equal the memo-free per-tensor merge, and a zero budget keeps nothing."""
     merger = Merger(pool)
-    for density, weight in (([0.4, 0.7], [1.0, 0.5]), ([0.9, 0.1], [0.3, 1.2]), ([0.25, 1.0], [1.0, 1.0])):
+    second = [0.6, 0.3] if method == "della" else [0.9, 0.1]  # della needs epsilon < density < 1 - epsilon
+    for density, weight in (([0.4, 0.7], [1.0, 0.5]), (second, [0.3, 1.2]), ([0.25, 1.0], [1.0, 1.0])):
         recipe = Recipe(models=["a", "b"], base="base", default=Rule(method, {"weight": weight, "density": density}),
                         seed=4)
         out = merger.apply(recipe).state_dict()

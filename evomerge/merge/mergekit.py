@@ -228,7 +228,9 @@ def from_mergekit(cfg: dict, arch: ArchMap, num_layers: int, layer_suffixes: lis
 
 def _group_rules(rules: dict[str, Rule], arch: ArchMap, prefix: str) -> dict[str, Rule]:
     """Per-tensor rules of one layer -> '*' if all equal, else one per group, else filter keys where needed."""
-    key = (lambda r: repr(r.to_dict()))
+    def key(r):
+        return repr(r.to_dict())
+
     if len({key(r) for r in rules.values()}) == 1:
         return {"*": next(iter(rules.values()))}
     out: dict[str, Rule] = {}
@@ -329,7 +331,9 @@ def _identity_slices(slices: list[dict], num_layers: int, where: str):
 
 def recipe_to_mergekit(recipe: Recipe, arch: ArchMap, num_layers: int, paths: dict[str, str] | None = None) -> dict:
     """A mergekit config equivalent to `recipe`, or NotExpressible with the reason."""
-    ref = (lambda m: (paths or {}).get(m, m))
+    def ref(m):
+        return (paths or {}).get(m, m)
+
     if recipe.path is not None:
         return _path_to_slices(recipe, ref)
     rules = ([recipe.default] if recipe.default else []) + [r for g in recipe.layers.values() for r in g.values()]

@@ -126,10 +126,11 @@ def bernoulli_keep(base, t, density: float, generator, memo=None, i: int = 0) ->
     return Keep(draws=draws, cut=cut - 32768, l1=l1)
 
 
-def rank_keep(base, t, density: float, epsilon: float, generator) -> Keep | None:
+def rank_keep(base, t, density: float, epsilon: float, generator, memo=None, i: int = 0) -> Keep | None:
     """DELLA drop: keep probability (density - eps) + 2 eps * r, r = the magnitude rank within each row in [0, 1].
 
-    Rows are dim 0 of the tensor viewed as (shape[0], -1); a 1-D tensor is one row.
+    Rows are dim 0 of the tensor viewed as (shape[0], -1); a 1-D tensor is one row. The ranks and the uniform
+    draws do not depend on density or epsilon, so a memo keeps them across candidates.
     """
     if density >= 1:
         return Keep()
@@ -140,15 +141,24 @@ def rank_keep(base, t, density: float, epsilon: float, generator) -> Keep | None
             f"della: density {density} and epsilon {epsilon} give keep probabilities outside (0, 1); "
             "keep epsilon < density < 1 - epsilon"
         )
-    delta = abs_delta(base, t)
-    rows = delta.reshape(1, -1) if t.dim() <= 1 else delta.reshape(t.shape[0], -1)
-    cols = rows.shape[1]
-    order = rows.argsort(dim=1)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(cols, device=t.device).expand_as(order))
-    scaled = ranks.to(rows.dtype) / (cols - 1) if cols > 1 else torch.zeros_like(rows)
-    keep_p = (density - epsilon) + 2 * epsilon * scaled
-    return Keep(mask=(_rand_like(rows, generator) < keep_p).reshape(-1).to(rows.dtype))
+    ranks = memo.get(("ranks", i)) if memo is not None else None
+    if ranks is None:
+        delta = abs_delta(base, t)
+        rows = delta.reshape(1, -1) if t.dim() <= 1 else delta.reshape(t.shape[0], -1)
+        cols = rows.shape[1]
+        order = rows.argsort(dim=1)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(cols, device=t.device).expand_as(order))
+        ranks = (ranks.to(rows.dtype) / (cols - 1) if cols > 1 else torch.zeros_like(rows)).reshape(-1)
+        if memo is not None and memo.fits(ranks.nbytes):
+            memo.put(("ranks", i), ranks)
+    draws = memo.get(("uniform", i)) if memo is not None else None
+    if draws is None:
+        draws = _rand_like(ranks, generator)
+        if memo is not None and memo.fits(draws.nbytes):
+            memo.put(("uniform", i), draws)
+    keep_p = (density - epsilon) + 2 * epsilon * ranks
+    return Keep(mask=(draws < keep_p).to(ranks.dtype))
 
 
 def breadcrumbs_keep(base, t, density: float, gamma: float, memo=None, i: int = 0) -> Keep | None:
@@ -273,20 +283,21 @@ def breadcrumbs_ties(base, tensors, *, weight, density, gamma, normalize, rescal
 
 
 @register("della", per_model={**_GTA, "epsilon": 0.15},
-          params={"lambda": 1.0, "normalize": True, "rescale": True}, randomized=True, needs_base=True)
-def della(base, tensors, *, weight, density, epsilon, normalize, rescale, generator=None, **kw):
+          params={"lambda": 1.0, "normalize": True, "rescale": True}, randomized=True, **_TV)
+def della(base, tensors, *, weight, density, epsilon, normalize, rescale, generator=None, memo=None, **kw):
     """DELLA: rank-based Bernoulli drop per row, L1 rescale, sign election, weighted mean."""
     gens = _model_generators(generator, len(tensors))
-    return _gta(base, tensors, weight, lambda i: rank_keep(base, tensors[i], density[i], epsilon[i], gens[i]),
+    return _gta(base, tensors, weight, lambda i: rank_keep(base, tensors[i], density[i], epsilon[i], gens[i], memo, i),
                 elect=True, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
 @register("della_linear", per_model={**_GTA, "epsilon": 0.15},
-          params={"lambda": 1.0, "normalize": False, "rescale": True}, randomized=True, needs_base=True)
-def della_linear(base, tensors, *, weight, density, epsilon, normalize, rescale, generator=None, **kw):
+          params={"lambda": 1.0, "normalize": False, "rescale": True}, randomized=True, **_TV)
+def della_linear(base, tensors, *, weight, density, epsilon, normalize, rescale, generator=None, memo=None,
+                 **kw):
     """DELLA without election: rank-based drop, L1 rescale, weighted sum."""
     gens = _model_generators(generator, len(tensors))
-    return _gta(base, tensors, weight, lambda i: rank_keep(base, tensors[i], density[i], epsilon[i], gens[i]),
+    return _gta(base, tensors, weight, lambda i: rank_keep(base, tensors[i], density[i], epsilon[i], gens[i], memo, i),
                 elect=False, normalize=normalize, rescale=rescale, lam=kw["lambda"])
 
 
