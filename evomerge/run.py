@@ -40,6 +40,9 @@ def validate(cfg: dict) -> SearchSettings:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool | str):
         raise ValueError(f"resume: expected true/false or the path of a run directory, found {resume!r}")
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: expected a positive integer (torch CPU threads) or null, found {threads!r}")
     models_pkg.specs(cfg["models"])
     executor_pkg.check(cfg.get("executor"))
     return settings
@@ -125,6 +128,10 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     device = cfg.get("device", "cpu")
     search = cfg["search"]
     t0 = time.perf_counter()
+    if cfg.get("threads"):  # tiny models: intra-op threads only add overhead, and thrash on a busy machine
+        import torch
+
+        torch.set_num_threads(int(cfg["threads"]))
 
     # Evaluators (tasks, data files, subsample sizes) and objectives first, with the tokenizer only: a bad task,
     # dataset or metric name fails before any model weights are loaded.

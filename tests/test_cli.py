@@ -63,6 +63,7 @@ def test_help_and_cfg_job(tmp_path, zoo_root):
     (["search.budget=0"], "search.budget: expected a positive integer"),
     (["search.budget=-5"], "search.budget: expected a positive integer"),
     (["optimizer.popsize=0"], "optimizer.popsize: expected a positive integer"),
+    (["threads=0"], "threads: expected a positive integer"),
     (["search.objectives=[{metric: acc/nope}]"], "search.objectives[0].metric: 'acc/nope' is produced by no evaluator"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, zoo_root, digits_zoo, args, expected):
