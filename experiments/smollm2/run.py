@@ -4,9 +4,10 @@
 2. the unmodified SmolLM2 and the found path scored again on the test split, keeping per-item records: the
    difference in arithmetic accuracy (200 problems) and in mean NLL (prose windows) with a 95% paired bootstrap
    interval over items, so a "better" number can be told from noise;
-3. writes experiments/smollm2/result.md (table, path, command, wall time).
+3. writes experiments/smollm2/result_seed<seed>.md (table, path, command, wall time).
 
-    python experiments/smollm2/run.py                              # ~20-25 min on one busy core
+    python experiments/smollm2/run.py                              # seed 0: ~13 min on one busy core
+    python experiments/smollm2/run.py seed=1                       # another seed (CMA-ES and fitness subsample)
     python experiments/smollm2/run.py search.budget=12 --out /tmp/x.md   # a quick smoke run (not a result)
 """
 
@@ -84,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search.budget=12 seed=1")
     ap.add_argument("--run-dir", default=None, help="run directory (default: outputs/smollm2_depth-<time>)")
-    ap.add_argument("--out", default=str(HERE / "result.md"))
+    ap.add_argument("--out", default=None, help="default: experiments/smollm2/result_seed<seed>.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")  # the search's per-generation lines
@@ -128,7 +129,7 @@ def main() -> None:
         f"Run directory: `{run_dir}` (evaluations.jsonl, best_recipe.yaml, final_table.md).",
     ]
     text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
+    Path(args.out or HERE / f"result_seed{cfg.get('seed', 0)}.md").write_text(text)
     print(text)
 
 
