@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ZOOS = ("digits", "jp_mini", "smollm2")
 
@@ -32,3 +36,30 @@ def planned_layers(name: str, **options) -> int | None:
 
         return int((jp_mini.DEFAULTS | options)["layers"])
     return {"digits": 4, "smollm2": 30}.get(name)
+
+
+def is_built(root: Path, name: str, spec: dict, version: int) -> bool:
+    """True when `root/zoo.json` records this spec and version. The marker is written last, so its presence means a
+    complete zoo; a stale or unreadable one is removed, and the folder is made ready for a (re)build."""
+    marker = root / "zoo.json"
+    if marker.exists():
+        try:
+            built = json.loads(marker.read_text())
+            if built.get("spec") == spec and built.get("version") == version:
+                return True
+        except (json.JSONDecodeError, AttributeError):
+            pass
+        log.warning("%s zoo at %s was built with different settings; rebuilding", name, root)
+        marker.unlink()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the {name} zoo folder {root} ({e}); set paths.zoo to a writable folder") from e
+    return False
+
+
+def mark_built(root: Path, spec: dict, version: int, **extra) -> None:
+    """Write `root/zoo.json`, last: from now on `is_built` reuses the zoo."""
+    from evomerge.store import atomic_write_json
+
+    atomic_write_json(root / "zoo.json", {"version": version, "spec": spec, **extra})

@@ -17,7 +17,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from evomerge.zoo import is_built, mark_built
+
 log = logging.getLogger(__name__)
+VERSION = 1  # bump when the data or the training change: a zoo built by older code is rebuilt
 
 TASKS = {
     "original": lambda x: x,
@@ -116,19 +119,9 @@ def build(root: str | Path, experts: tuple[str, ...] = DEFAULT_EXPERTS, seed: in
           base_steps: int = 300, expert_steps: int = 150) -> Path:
     """Build (once) base + experts under `root`; returns the zoo folder. Safe to call every run."""
     root = Path(root).expanduser()
-    marker = root / "zoo.json"
     spec = {"seed": seed, "experts": list(experts), "base_steps": base_steps, "expert_steps": expert_steps}
-    if marker.exists():
-        try:
-            if json.loads(marker.read_text()) == spec:
-                return root
-        except json.JSONDecodeError:
-            pass
-        log.warning("digits zoo at %s was built with different settings; rebuilding", root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot create the digits zoo folder {root} ({e}); set paths.zoo to a writable folder") from e
+    if is_built(root, "digits", spec, VERSION):
+        return root
     torch.manual_seed(seed)
     base = DigitsCNN()
     _train(base, ["original"], base_steps, 3e-3, seed, "digits zoo: base")
@@ -137,8 +130,6 @@ def build(root: str | Path, experts: tuple[str, ...] = DEFAULT_EXPERTS, seed: in
         expert = DigitsCNN.from_pretrained(root / "base")
         _train(expert, [task], expert_steps, 1e-3, seed + 1 + i, f"digits zoo: {task}")
         expert.save_pretrained(root / task)
-    from evomerge.store import atomic_write_json
-
-    atomic_write_json(marker, spec)  # written last: its presence means the zoo is complete
+    mark_built(root, spec, VERSION)
     log.info("digits zoo built at %s", root)
     return root

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from evomerge.zoo import is_built, mark_built
+
 log = logging.getLogger(__name__)
 
 # ---- the synthetic world (a fixed vocabulary: the tokenizer is a word list) ---------------------------------------
@@ -318,7 +320,6 @@ def build(root: str | Path, threads: int = 1, **overrides) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from evomerge.store import atomic_write_json
     from evomerge.zoo.lm_train import train_lm
 
     unknown = set(overrides) - set(DEFAULTS)
@@ -326,20 +327,8 @@ def build(root: str | Path, threads: int = 1, **overrides) -> Path:
         raise ValueError(f"jp_mini zoo: unknown setting(s) {sorted(unknown)}; expected some of {sorted(DEFAULTS)}")
     spec = DEFAULTS | overrides
     root = Path(root).expanduser()
-    marker = root / "zoo.json"
-    if marker.exists():
-        try:
-            built = json.loads(marker.read_text())
-            if built.get("spec") == spec and built.get("version") == VERSION:
-                return root
-        except json.JSONDecodeError:
-            pass
-        log.warning("jp_mini zoo at %s was built with different settings; rebuilding", root)
-        marker.unlink()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot create the jp_mini zoo folder {root} ({e}); set paths.zoo to a writable folder") from e
+    if is_built(root, "jp_mini", spec, VERSION):
+        return root
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, min(2, int(threads))))
@@ -375,6 +364,6 @@ def build(root: str | Path, threads: int = 1, **overrides) -> Path:
     finally:
         torch.set_num_threads(saved_threads)
     final = {k: round(sum(v[-50:]) / len(v[-50:]), 4) for k, v in losses.items()}
-    atomic_write_json(marker, {"version": VERSION, "spec": spec, "final_train_loss": final})  # written last: the zoo is complete
+    mark_built(root, spec, VERSION, final_train_loss=final)
     log.info("jp_mini zoo built at %s (final training losses %s)", root, final)
     return root

@@ -18,13 +18,14 @@ The numbers are those of dequantised 4-bit weights: fine for experiments on real
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import random
 import re
 import shutil
 import sys
 from pathlib import Path
+
+from evomerge.zoo import is_built, mark_built
 
 log = logging.getLogger(__name__)
 
@@ -147,26 +148,15 @@ def task_yaml(task: str, data_file: Path) -> str:
 
 def build(root: str | Path, seed: int = 0, **overrides) -> Path:
     """The smollm2 zoo under `root` (once): `model/`, `data/`, `tasks/`; `zoo.json` is written last."""
-    from evomerge.store import atomic_write_json, atomic_write_text, write_jsonl
+    from evomerge.store import atomic_write_text, write_jsonl
 
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"smollm2 zoo: unknown setting(s) {sorted(unknown)}; expected some of {sorted(DEFAULTS)}")
     spec = DEFAULTS | overrides | {"seed": seed}
     root = Path(root).expanduser()
-    marker = root / "zoo.json"
-    if marker.exists():
-        try:
-            built = json.loads(marker.read_text())
-            if built.get("spec") == spec and built.get("version") == VERSION:
-                return root
-        except json.JSONDecodeError:
-            pass
-        marker.unlink()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot create the smollm2 zoo folder {root} ({e}); set paths.zoo to a writable folder") from e
+    if is_built(root, "smollm2", spec, VERSION):
+        return root
     weights(root / "model")
     for split, rows in ppl_splits(spec["ppl_fitness_chars"], spec["ppl_test_chars"]).items():
         (root / "data" / "ppl").mkdir(parents=True, exist_ok=True)
@@ -177,5 +167,5 @@ def build(root: str | Path, seed: int = 0, **overrides) -> Path:
         (root / "tasks").mkdir(exist_ok=True)
         write_jsonl(path, rows)
         atomic_write_text(root / "tasks" / f"smol_arith_{split}.yaml", task_yaml(f"smol_arith_{split}", path))
-    atomic_write_json(marker, {"version": VERSION, "spec": spec, "python": sys.version.split()[0]})
+    mark_built(root, spec, VERSION, python=sys.version.split()[0])
     return root
