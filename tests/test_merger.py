@@ -1,4 +1,4 @@
-"""The in-memory merger (one persistent model, chunked elementwise path, per-tensor seeds), architecture maps,
+"""The in-memory merger (one persistent model, per-tensor seeds), architecture maps,
 and the pool's checks before loading."""
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ RULES = {
 
 @pytest.mark.parametrize("method", list(RULES))
 def test_apply_equals_per_tensor_merge(pool, method):
-    """The merger (chunked for elementwise methods: chunk=1000 forces it on tiny tensors) writes exactly what
-    merge_tensor computes for each tensor on its own."""
+    """The merger (with its memo) writes exactly what merge_tensor computes for each tensor on its own."""
     recipe = Recipe(models=["a", "b"], base="base", default=RULES[method], seed=2)
-    merger = Merger(pool, chunk=1000)
+    merger = Merger(pool)
     out = merger.apply(recipe).state_dict()
     for name in out:
         assert torch.equal(out[name], merge_tensor(pool, recipe, name)), name

@@ -1,9 +1,8 @@
 """The in-memory merger: applies a recipe by writing merged tensors into one persistent model object.
 
 The search loop calls `apply` once per candidate. Source tensors are loaded once (in the pool); no model is
-allocated and nothing touches disk per candidate. Elementwise methods (linear, task_arithmetic, passthrough) run
-chunk by chunk straight into the live parameter, so no full-size float32 temporaries are allocated per candidate;
-task arithmetic is a single linear combination of the sources, so precomputed task vectors would not save a pass.
+allocated and nothing touches disk per candidate. The arithmetic runs in evomerge/merge/kernels.py (compiled for large
+tensors, in small eager blocks otherwise), so no full-size float32 temporaries are allocated per candidate.
 What does not change between candidates of a search (each model's sorted |delta| for TIES/breadcrumbs thresholds,
 DARE's draws for a fixed seed) is kept per tensor in a `Memo`, within a byte budget (default: a quarter of RAM on
 CPU, nothing on accelerators); past the budget, methods compute it per call.
@@ -17,7 +16,6 @@ import zlib
 import torch
 from torch import nn
 
-from evomerge.merge import kernels
 from evomerge.merge.kernels import all_finite
 from evomerge.merge.registry import Method, get_method
 from evomerge.models.pool import ModelPool
@@ -27,8 +25,6 @@ from evomerge.recipe import Recipe
 class MergeError(RuntimeError):
     """A recipe that cannot be applied, or that produced non-finite weights."""
 
-
-CHUNK = 1 << 18  # elements per chunk for elementwise methods (1 MB of float32: stays in cache)
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -102,13 +98,12 @@ def merge_tensor(pool: ModelPool, recipe: Recipe, name: str) -> torch.Tensor:
 
 
 class Merger:
-    def __init__(self, pool: ModelPool, check_finite: bool = True, chunk: int = CHUNK, memo_bytes: int | None = None):
+    def __init__(self, pool: ModelPool, check_finite: bool = True, memo_bytes: int | None = None):
         self.pool = pool
         self.model: nn.Module = pool.new_model()
         self.targets = self.model.state_dict(keep_vars=True)  # name -> the live Parameter/buffer
         self.where = {name: pool.arch.locate(name) for name in self.targets}  # name -> (layer, group)
         self.check_finite = check_finite
-        self.chunk = chunk
         self._path_builder = None  # data-flow model for recipes with a layer `path` (built on first use)
         device = next(iter(self.targets.values())).device if self.targets else torch.device("cpu")
         self._memo_budget = [default_memo_bytes(device) if memo_bytes is None else int(memo_bytes)]
@@ -141,25 +136,11 @@ class Merger:
                 target.data.copy_(fallback[name])
                 continue
             method, kwargs, base, tensors = inputs
-            if method.elementwise and self.chunk < target.numel() < kernels.COMPILE_MIN and target.data.is_contiguous():
-                self._apply_chunked(method, kwargs, base, tensors, target.data, recipe.seed, name)
-            else:
-                out = run_method(method, kwargs, base, tensors, recipe.seed, name,
-                                 self.memo(recipe, name) if method.memoized else None)
-                self._check(out, name)
-                target.data.copy_(out)
-        return self.model
-
-    def _apply_chunked(self, method, kwargs, base, tensors, target, seed, name) -> None:
-        flat_t = target.view(-1)
-        flat_b = base.reshape(-1) if base is not None else None
-        flats = [t.reshape(-1) for t in tensors]
-        for start in range(0, flat_t.numel(), self.chunk):
-            sl = slice(start, start + self.chunk)
-            out = run_method(method, kwargs, flat_b[sl] if flat_b is not None else None, [f[sl] for f in flats],
-                             seed, name)
+            out = run_method(method, kwargs, base, tensors, recipe.seed, name,
+                             self.memo(recipe, name) if method.memoized else None)
             self._check(out, name)
-            flat_t[sl].copy_(out)
+            target.data.copy_(out)
+        return self.model
 
     def _check(self, out: torch.Tensor, name: str) -> None:
         if self.check_finite and out.is_floating_point() and not all_finite(out):

@@ -203,7 +203,7 @@ def _gta(base, tensors, weight, keep, *, elect: bool, normalize: bool, rescale: 
 # ---- linear family ---------------------------------------------------------------------------------------------
 
 
-@register("linear", needs_base=False, per_model={"weight": None}, params={"normalize": True}, elementwise=True)
+@register("linear", needs_base=False, per_model={"weight": None}, params={"normalize": True})
 def linear(base, tensors, *, weight, normalize, generator=None):
     """Model soup: sum_i w_i theta_i, divided by sum_i w_i when `normalize` (refused when that sum is zero)."""
     coeffs = [float(w) for w in weight]
@@ -216,7 +216,7 @@ def linear(base, tensors, *, weight, normalize, generator=None):
 
 
 @register("task_arithmetic", needs_base=True, per_model={"weight": None},
-          params={"lambda": 1.0, "normalize": False}, elementwise=True)
+          params={"lambda": 1.0, "normalize": False})
 def task_arithmetic(base, tensors, *, weight, normalize, generator=None, **kw):
     """theta_b + lambda * sum_i w_i (theta_i - theta_b), optionally divided by sum_i w_i (guarded when ~0).
 
@@ -419,8 +419,8 @@ def model_stock(base, tensors, *, filter_wise, generator=None):
     return out.reshape(shape).to(base.dtype)
 
 
-@register("passthrough", needs_base=False, per_model={"scale": 1.0}, min_models=1, max_models=1, elementwise=True)
+@register("passthrough", needs_base=False, per_model={"scale": 1.0}, min_models=1, max_models=1)
 def passthrough(base, tensors, *, scale, generator=None):
     """The single input tensor, times its optional `scale`."""
     s = float(scale[0])
-    return tensors[0] if s == 1.0 else (_work(tensors[0]) * s).to(tensors[0].dtype)
+    return tensors[0] if s == 1.0 else lincomb([tensors[0]], [s])

@@ -24,7 +24,6 @@ class Method:
     randomized: bool = False
     min_models: int = 1
     max_models: int | None = None
-    elementwise: bool = False  # output[j] depends only on inputs[j]: the merger may apply it chunk by chunk
     memoized: bool = False  # takes `memo`, per-tensor scratch space the in-memory merger keeps across candidates
 
     def resolve(self, per_model: dict[str, list[float]], params: dict[str, Any], n: int, where: str) -> dict:
@@ -84,7 +83,7 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, *, needs_base: bool, per_model: dict | None = None, params: dict | None = None,
              randomized: bool = False, min_models: int = 1, max_models: int | None = None,
-             elementwise: bool = False, memoized: bool = False):
+             memoized: bool = False):
     """Register `fn` as merge method `name`. `per_model`/`params` map parameter names to defaults (None =
     required); `needs_base` methods get the base tensor, others get it too when the recipe has one (nuslerp and
     multislerp then work on task vectors)."""
@@ -93,7 +92,7 @@ def register(name: str, *, needs_base: bool, per_model: dict | None = None, para
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is registered twice")
         METHODS[name] = Method(name, fn, needs_base, dict(per_model or {}), dict(params or {}), randomized,
-                               min_models, max_models, elementwise, memoized)
+                               min_models, max_models, memoized)
         return fn
 
     return deco

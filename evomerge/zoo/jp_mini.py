@@ -303,12 +303,6 @@ def _sft(tok, items: list[dict]) -> tuple[list[list[int]], list[int]]:
     return full, [len(x) for x in p]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    from evomerge.store import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -320,6 +314,7 @@ def build(root: str | Path, threads: int = 1, **overrides) -> Path:
     """
     from tqdm.auto import tqdm
 
+    from evomerge.store import write_jsonl
     from evomerge.zoo.lm_train import train_lm
 
     unknown = set(overrides) - set(DEFAULTS)
