@@ -36,8 +36,9 @@ class Keep:
     l1: tuple[float, float] | None = None  # (||d||_1, ||kept(d)||_1) when already known
 
     @property
-    def ranged(self) -> bool:
-        return self.lo > 0 or self.hi < math.inf
+    def bounds(self) -> tuple[bool, bool]:
+        """(has a lower bound, has an upper bound) on |d|."""
+        return self.lo > 0, self.hi < math.inf
 
 
 def work_dtype(t: torch.Tensor) -> torch.dtype:
@@ -178,7 +179,7 @@ def _params(keeps: list[Keep], coefs: list[float], weights: list[float], dtype, 
         return torch.tensor(xs, dtype=dtype, device=device)
 
     lo_below = torch.nextafter(vec([k.lo for k in keeps]), vec([-math.inf] * len(keeps)))
-    flags = tuple((k.lo > 0, k.hi < math.inf) for k in keeps)
+    flags = tuple(k.bounds for k in keeps)
     return (lo_below, vec([k.hi for k in keeps]), flags,
             tuple(k.draws for k in keeps), vec([k.cut for k in keeps]), tuple(k.mask for k in keeps), vec(coefs),
             vec(weights))

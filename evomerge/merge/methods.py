@@ -191,7 +191,7 @@ def _gta(base, tensors, weight, keep, *, elect: bool, normalize: bool, rescale: 
     for i in live:
         scale = 1.0
         k = keeps[i]
-        if rescale and (k.ranged or k.draws is not None or k.mask is not None):
+        if rescale and (any(k.bounds) or k.draws is not None or k.mask is not None):
             n_orig, n_kept = k.l1 if k.l1 is not None else l1_norms(base, tensors[i], k)
             if n_orig >= 1e-7 and n_kept >= 1e-7:
                 scale = n_orig / n_kept
