@@ -1,8 +1,8 @@
 """Loading what evomerge wrote: `load_merged(path)` for exported models, `add_recipe_model` for staged searches.
 
 A parameter-space merge exports to a plain stock checkpoint (any loader works). A data-flow (layer path) export is a
-stock checkpoint too; when some hop scale is not 1 its config.json carries `evomerge_hop_scales`, which stock
-loaders ignore, so use `load_merged` to get the same logits as during the search.
+stock checkpoint too, its `mlp_output` hop scales folded into the weights; only `stream` scales (which cannot fold)
+are kept in config.json as `evomerge_hop_scales`, which stock loaders ignore: use `load_merged` for those.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.merge.dataflow import SCALES_KEY, _layers_attr, install_scales
+from evomerge.merge.dataflow import SCALE_AT_KEY, SCALES_KEY, _layers_attr, install_scales
 
 
 def load_merged(path: str | Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
@@ -26,7 +26,9 @@ def load_merged(path: str | Path, dtype: torch.dtype | None = None, trust_remote
     scales = getattr(getattr(model, "config", None), SCALES_KEY, None)
     if scales:
         arch = arch_for(type(model).__name__, list(model.state_dict()))
-        install_scales(model.get_submodule(_layers_attr(arch.layer_prefix)), [float(s) for s in scales])
+        scale_at = getattr(model.config, SCALE_AT_KEY, None) or "stream"  # exports before the key were "stream"
+        install_scales(model.get_submodule(_layers_attr(arch.layer_prefix)), [float(s) for s in scales], scale_at,
+                       arch.mlp_out)
     model.eval()
     return model
 

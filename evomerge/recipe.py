@@ -18,6 +18,10 @@ import yaml
 
 GROUPS = ("attention", "mlp", "other")  # tensor groups a rule can target; "*" matches all of them
 FILTER = "filter:"  # a layer key "filter:o_proj" targets the layer's tensors whose name contains "o_proj"
+# Where a hop's scale acts (evomerge/merge/dataflow.py): "mlp_output" multiplies the previous hop's MLP output before
+# it joins the residual stream (at hop 0: the embeddings), as Sakana's released EvoMistral does; "stream" multiplies
+# the whole residual stream entering the hop (evomerge's earlier behaviour, kept as an option).
+SCALE_AT = ("mlp_output", "stream")
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Rule:
 
 @dataclass
 class Hop:
-    """One step of a data-flow path: layer `layer` of source `model`, its input hidden state scaled by `scale`."""
+    """One step of a data-flow path: layer `layer` of source `model`, its input scaled by `scale` (see SCALE_AT)."""
 
     model: str
     layer: int
@@ -62,6 +66,7 @@ class Recipe:
     default: Rule | None = None  # tensors not matched by `layers`
     layers: dict[int, dict[str, Rule]] = field(default_factory=dict)  # layer -> group ("*" or GROUPS) -> rule
     path: list[Hop] | None = None  # data-flow path; None keeps each layer in place
+    scale_at: str = "mlp_output"  # where the path's hop scales act: one of SCALE_AT
     seed: int = 0  # for randomised methods (DARE, DELLA)
     meta: dict[str, Any] = field(default_factory=dict)  # free-form provenance (space, genome, scores)
 
@@ -94,6 +99,7 @@ class Recipe:
             }
         if self.path is not None:
             out["path"] = [[h.model, h.layer, _num(h.scale)] for h in self.path]
+            out["scale_at"] = self.scale_at
         if self.meta:
             out["meta"] = _plain(self.meta)
         return out
@@ -121,6 +127,7 @@ class Recipe:
             default=default,
             layers=layers,
             path=path,
+            scale_at=str(d.get("scale_at", "mlp_output")),
             seed=int(d.get("seed", 0)),
             meta=dict(d.get("meta") or {}),
         )
@@ -129,6 +136,8 @@ class Recipe:
 
     def check(self, where: str = "recipe") -> None:
         """Structural checks that need no model: per-model lists match the model count, numbers are finite."""
+        if self.scale_at not in SCALE_AT:
+            raise ValueError(f"{where}.scale_at: expected one of {list(SCALE_AT)}, found {self.scale_at!r}")
         n = len(self.models)
         rules = [("default", self.default)] if self.default else []
         rules += [(f"layers.{i}.{g}", r) for i, gs in self.layers.items() for g, r in gs.items()]

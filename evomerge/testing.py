@@ -24,11 +24,13 @@ def char_tokenizer(extra_chars: str = ""):
 
 
 def tiny_causal_lm(out_dir: str | Path, arch: str = "llama", seed: int = 0, layers: int = 4, hidden: int = 64,
-                   tokenizer=None, perturb_from: str | Path | None = None, noise: float = 0.02) -> Path:
+                   tokenizer=None, perturb_from: str | Path | None = None, noise: float = 0.02,
+                   **config: object) -> Path:
     """Save a random tiny causal LM (llama | mistral | qwen2 | gpt2) with a char tokenizer to `out_dir`.
 
     With `perturb_from`, start from that checkpoint and add Gaussian noise: a cheap "fine-tuned expert" that shares
-    the base's structure, for merge tests.
+    the base's structure, for merge tests. Extra keyword arguments go to the config (e.g. `tie_word_embeddings=True`,
+    `attention_dropout=0.3`, Qwen2's `use_sliding_window=True, max_window_layers=2`, Mistral's `sliding_window=16`).
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -55,15 +57,17 @@ def tiny_causal_lm(out_dir: str | Path, arch: str = "llama", seed: int = 0, laye
         common = dict(vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=0)
         llama_like = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                          tie_word_embeddings=False, **common)
+                          **common)
+        llama_like.update({"tie_word_embeddings": False, **config})
         if arch == "llama":
             model = LlamaForCausalLM(LlamaConfig(**llama_like))
         elif arch == "mistral":
-            model = MistralForCausalLM(MistralConfig(sliding_window=None, **llama_like))
+            model = MistralForCausalLM(MistralConfig(**{"sliding_window": None, **llama_like}))
         elif arch == "qwen2":
             model = Qwen2ForCausalLM(Qwen2Config(**llama_like))
         elif arch == "gpt2":
-            model = GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, **common))
+            model = GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, **common,
+                                               **config))
         else:
             raise ValueError(f"unknown tiny architecture {arch!r}")
     model.save_pretrained(out_dir)

@@ -139,8 +139,13 @@ def test_evomerge_recipe_with_paths_and_scaled_path(tmp_path, m):
     scaled = {"models": ["a", "b"], "paths": m, "path": [["a", 0, 1.0], ["b", 1, 0.8], ["a", 3, 1.0]]}
     out2 = tmp_path / "scaled"
     assert main([str(mk(tmp_path, scaled, "scaled.yaml")), str(out2), "--no-progress"]) == 0
-    cfg = json.loads((out2 / "config.json").read_text())
-    assert cfg["num_hidden_layers"] == 3 and cfg["evomerge_hop_scales"] == [1.0, 0.8, 1.0]
+    cfg = json.loads((out2 / "config.json").read_text())  # mlp_output scales fold into the weights: stock config
+    assert cfg["num_hidden_layers"] == 3 and "evomerge_hop_scales" not in cfg
+    stream = {**scaled, "scale_at": "stream"}  # stream scales cannot fold: kept for load_merged
+    out3 = tmp_path / "stream"
+    assert main([str(mk(tmp_path, stream, "stream.yaml")), str(out3), "--no-progress"]) == 0
+    cfg = json.loads((out3 / "config.json").read_text())
+    assert cfg["evomerge_hop_scales"] == [1.0, 0.8, 1.0] and cfg["evomerge_scale_at"] == "stream"
 
 
 def test_refusals_before_work(tmp_path, m, capsys):

@@ -7,18 +7,25 @@ decoder layers is rewired per candidate:
 - every hop gets its *own* decoder-layer module, built on the meta device and then given the source layer's tensors
   with `load_state_dict(assign=True)`, so a repeated layer shares storage with the pool (no copies) while each hop
   has its own `layer_idx`, i.e. its own KV-cache slot;
-- the scale of a hop multiplies the hidden state *entering* that hop (the residual stream handed over from the
-  previous hop), as in Sakana's released EvoLLM-JP-v1-10B code, where `input_scales[k]` multiplies the input of hop
-  k (shared/reference/anchors.md, section 2, "Released format"). It is a forward pre-hook, so module names stay
-  stock and a scale of 1 adds nothing;
+- where a hop's scale acts is the recipe's `scale_at` (evomerge/recipe.py: SCALE_AT). The default, `mlp_output`, is
+  Sakana's released EvoMistral (shared/reference/anchors.md, section 2, "Where the scale acts"): its fused-residual
+  decoder layer runs `hidden, residual = layer(hidden * scale, residual)`, so the scale of hop k multiplies hop k-1's
+  MLP output before it is added to the residual stream, and at hop 0 it multiplies the embeddings. Here that is a
+  forward hook on hop k-1's MLP output projection (the arch map's `mlp_out`, e.g. `mlp.down_proj`) and, for hop 0,
+  a pre-hook on the first layer's input (= the embeddings). `stream` multiplies the whole residual stream entering
+  the hop (a pre-hook on its input), evomerge's earlier behaviour. Hooks keep module names stock; a scale of 1
+  adds none;
 - embeddings, final norm and head come from the recipe's `default` rule: a one-hot linear rule shares the chosen
   model's tensors; any other rule is merged with the ordinary merge engine (so PS-merged embeddings also work).
 
-Export (`export_path_recipe`): the path is unrolled into a stock checkpoint with `num_hidden_layers = len(path)`
-(repeated layers are written once per hop). All scales 1 -> a plain stock checkpoint that loads without evomerge.
-Otherwise the scales are stored in `config.json` as `evomerge_hop_scales`; `evomerge.load_merged(path)` reloads the
-checkpoint and re-installs them. (They cannot be folded into stock weights: the scale multiplies the residual
-stream, which every later layer adds onto, and RMSNorm removes it only from the branch input.)
+Export (`export_path_recipe`, and the streaming export in evomerge/merge/export.py): the path is unrolled into a
+stock checkpoint with `num_hidden_layers = len(path)` (repeated layers are written once per hop). With `mlp_output`
+scales the checkpoint is a plain stock one: each hop is its own copy, so hop k's scale folds into hop k-1's copy of
+the MLP output projection (weight and bias), and hop 0's into the embeddings (a tied head is then written untied,
+holding the unscaled embeddings): `fold_factors`. This is exact up to float rounding (the scale multiplies the weight
+instead of the product). `stream` scales cannot fold (the scale multiplies the residual stream, which every later
+layer adds onto, and RMSNorm removes it only from the branch input): they are stored in `config.json` as
+`evomerge_hop_scales` (with `evomerge_scale_at`), and `evomerge.load_merged(path)` re-installs them.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ import torch
 from torch import nn
 
 from evomerge.models.pool import ModelPool
-from evomerge.recipe import Recipe
+from evomerge.recipe import SCALE_AT, Recipe
 
 SCALES_KEY = "evomerge_hop_scales"  # config.json field: one input scale per decoder layer of an exported path model
+SCALE_AT_KEY = "evomerge_scale_at"  # config.json field: where those scales act (absent in old exports: "stream")
 PATH_KEY = "evomerge_path"  # provenance only: [[model, layer], ...] of the exported path
 
 
@@ -40,7 +48,7 @@ class PathError(ValueError):
     """A path that cannot be wired (unknown model, layer out of range, unsupported architecture)."""
 
 
-def _scale_hook(scale: float):
+def _scale_input(scale: float):
     def hook(module, args, kwargs):
         if args:
             return (args[0] * scale, *args[1:]), kwargs
@@ -50,13 +58,51 @@ def _scale_hook(scale: float):
     return hook
 
 
-def install_scales(layers: nn.ModuleList, scales: list[float]) -> None:
-    """Multiply the input hidden state of decoder layer k by scales[k] (skipped where the scale is exactly 1)."""
+def _scale_output(scale: float):
+    def hook(module, args, output):
+        return output * scale
+
+    return hook
+
+
+def install_scales(layers: nn.ModuleList, scales: list[float], scale_at: str, mlp_out: str | None) -> None:
+    """Install the hop scales on a stack of decoder layers (one per hop), acting where `scale_at` says.
+
+    `mlp_output`: scales[k] multiplies layer k-1's MLP output (hook on its `mlp_out` module); scales[0] the input
+    of layer 0 (the embeddings). `stream`: scales[k] multiplies the input of layer k. Scales of exactly 1 add nothing.
+    """
     if len(scales) != len(layers):
         raise PathError(f"{len(scales)} hop scales for {len(layers)} decoder layers")
-    for layer, s in zip(layers, scales, strict=True):
-        if float(s) != 1.0:
-            layer.register_forward_pre_hook(_scale_hook(float(s)), with_kwargs=True)
+    if scale_at not in SCALE_AT:
+        raise PathError(f"scale_at: expected one of {list(SCALE_AT)}, found {scale_at!r}")
+    for k, s in enumerate(map(float, scales)):
+        if s == 1.0:
+            continue
+        if scale_at == "stream" or k == 0:
+            layers[k].register_forward_pre_hook(_scale_input(s), with_kwargs=True)
+        elif mlp_out is None:
+            raise PathError("scale_at 'mlp_output' needs the arch map's `mlp_out` (the MLP output projection of a "
+                            "decoder layer); this architecture's map has none: add it, or use scale_at: stream")
+        else:
+            layers[k - 1].get_submodule(mlp_out).register_forward_hook(_scale_output(s))
+
+
+def fold_factors(arch, recipe: Recipe) -> tuple[float, dict[int, float]] | None:
+    """How an exported path absorbs its `mlp_output` scales: (factor for the embeddings, {hop k: factor for hop k's
+    MLP output projection}); factors of 1 are left out. None when the scales cannot fold (`stream`, or an arch map
+    without `mlp_out`) and some scale is not 1."""
+    scales = [float(h.scale) for h in recipe.path]
+    if all(s == 1.0 for s in scales):
+        return 1.0, {}
+    if recipe.scale_at != "mlp_output" or arch.mlp_out is None:
+        return None
+    return scales[0], {k - 1: s for k, s in enumerate(scales) if k > 0 and s != 1.0}
+
+
+def is_mlp_out(arch, name: str) -> bool:
+    """Whether a layer tensor belongs to the MLP output projection (weight or bias)."""
+    i = arch.layer_of(name)
+    return i is not None and name[len(arch.layer_key(i)):].rpartition(".")[0] == arch.mlp_out
 
 
 def _layers_attr(layer_prefix: str) -> str:
@@ -143,14 +189,17 @@ class PathModelBuilder:
             except KeyError as e:
                 raise PathError(f"recipe.path[{k}]: model {hop.model!r} has no tensor {e} for layer {hop.layer}") from e
             layers.append(layer)
-        install_scales(layers, [h.scale for h in path])
+        install_scales(layers, [h.scale for h in path], recipe.scale_at, self.arch.mlp_out)
         setattr(self.parent, self.leaf, layers)
+        if hasattr(self.parent, "has_sliding_layers"):  # Qwen2/Qwen3 build the sliding-window mask only if set
+            self.parent.has_sliding_layers = "sliding_attention" in (cfg.layer_types or [])
         missing, unexpected = self.model.load_state_dict(non_layer_tensors(self.pool, recipe), assign=True, strict=False)
         missing = [n for n in missing if self.arch.layer_of(n) is None]
         if missing or unexpected:
             raise PathError(f"non-layer tensors do not match the model: missing {missing}, unexpected {unexpected}")
         if getattr(cfg, "tie_word_embeddings", False):
             self.model.tie_weights()
+        self.model.eval()  # the new layers are built in training mode (dropout on): evaluators need eval mode
         # A stock save_pretrained would trip over the shared (repeated) layers; export the unrolled path instead.
         self.model.save_pretrained = lambda out_dir, **_: export_path_recipe(self.pool, recipe, out_dir)
         return self.model
@@ -160,13 +209,26 @@ class PathModelBuilder:
 
 
 def unrolled_state_dict(pool: ModelPool, recipe: Recipe) -> dict[str, torch.Tensor]:
-    """The stock state dict of the path model: decoder layer k holds a copy of hop k's source layer."""
+    """The stock state dict of the path model: decoder layer k holds a copy of hop k's source layer, with the
+    `mlp_output` scales folded in (`fold_factors`; the caller checks that they fold)."""
     check_path(pool, recipe)
+    arch = pool.arch
+    embed_factor, mlp_factors = fold_factors(arch, recipe) or (1.0, {})
     out = {n: t.detach().clone().contiguous() for n, t in non_layer_tensors(pool, recipe).items()}
+    if embed_factor != 1.0:
+        for head, owner in arch.tied.items():
+            if owner in out:
+                out.setdefault(head, out[owner].clone())  # untied: the head keeps the unscaled embeddings
+        for name in arch.embed:
+            if name in out:
+                out[name] = out[name] * embed_factor
     for k, hop in enumerate(recipe.path):
         for name, t in pool.state[hop.model].items():
-            if pool.arch.layer_of(name) == hop.layer:
-                out[pool.arch.rename_layer(name, k)] = t.detach().clone().contiguous()
+            if arch.layer_of(name) == hop.layer:
+                t = t.detach().clone().contiguous()
+                if k in mlp_factors and is_mlp_out(arch, name):
+                    t = t * mlp_factors[k]
+                out[arch.rename_layer(name, k)] = t
     return out
 
 
@@ -180,19 +242,23 @@ def export_path_recipe(pool: ModelPool, recipe: Recipe, out_dir: str | Path) -> 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = unrolled_state_dict(pool, recipe)
+    folds = fold_factors(pool.arch, recipe)
     cfg = copy.deepcopy(pool.template.config)
     cfg.num_hidden_layers = len(recipe.path)
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [cfg.layer_types[h.layer] for h in recipe.path]
     if getattr(cfg, "tie_word_embeddings", False):
-        for tied, _owner in pool.arch.tied.items():
-            state.pop(tied, None)  # stock loaders re-tie it from `owner`
-    scales = [float(h.scale) for h in recipe.path]
-    for key in (SCALES_KEY, PATH_KEY):
+        if folds is not None and folds[0] != 1.0:
+            cfg.tie_word_embeddings = False  # hop 0's scale is in the embeddings, not in the head
+        else:
+            for tied, _owner in pool.arch.tied.items():
+                state.pop(tied, None)  # stock loaders re-tie it from `owner`
+    for key in (SCALES_KEY, SCALE_AT_KEY, PATH_KEY):
         if hasattr(cfg, key):
             delattr(cfg, key)
-    if any(s != 1.0 for s in scales):
-        setattr(cfg, SCALES_KEY, scales)
+    if folds is None:  # scales that cannot fold into stock weights: load_merged re-installs them
+        setattr(cfg, SCALES_KEY, [float(h.scale) for h in recipe.path])
+        setattr(cfg, SCALE_AT_KEY, recipe.scale_at)
     setattr(cfg, PATH_KEY, [[h.model, h.layer] for h in recipe.path])
     cfg.save_pretrained(out_dir)
     if getattr(pool.template, "generation_config", None) is not None:

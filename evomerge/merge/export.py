@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from evomerge.merge import kernels
+from evomerge.merge.dataflow import fold_factors, is_mlp_out
 from evomerge.merge.kernels import all_finite
 from evomerge.merge.mergekit import MergeJob, NotExpressible, from_mergekit, recipe_to_mergekit
 from evomerge.merge.merger import MergeError, plan_tensor, run_method
@@ -100,7 +101,7 @@ def load_job(config: str | Path, model_paths: dict[str, str] | None = None) -> M
         except ValueError as e:
             raise ExportError(str(e)) from None
     else:
-        extra = set(data) - {"models", "base", "default", "layers", "path", "seed", "meta", "paths"}
+        extra = set(data) - {"models", "base", "default", "layers", "path", "scale_at", "seed", "meta", "paths"}
         if extra:
             raise ExportError(f"{config}: unsupported key(s) {sorted(extra)} in an evomerge recipe")
         recipe = Recipe.from_dict(data, where=str(config))
@@ -193,8 +194,10 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
         sizes = [c.shape(v)[0] for c in ckpts.values() for v in vocab if v in c.where]
         common_vocab = min(sizes) if sizes else None
 
+    untie = False
     if recipe.path is not None:
-        if any(float(h.scale) != 1.0 for h in recipe.path):
+        folds = fold_factors(arch, recipe)
+        if folds is None:  # `stream` scales do not fold into stock weights
             return _export_scaled_path(job, out_dir, device, trust_remote_code)
         for k, h in enumerate(recipe.path):
             if h.model not in ckpts:
@@ -204,7 +207,8 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
         if recipe.default is not None:
             raise ExportError("streaming export of a path recipe takes non-layer tensors from models[0]; a default "
                               "merge rule on a path is handled by evomerge.merge.dataflow (use the in-memory export)")
-        plan = _path_plan(recipe, ckpts, arch)
+        plan = _path_plan(recipe, ckpts, arch, folds)
+        untie = folds[0] != 1.0 and bool(ref.config.get("tie_word_embeddings"))
     else:
         for m in names:
             missing = sorted(set(ref.names) - set(ckpts[m].names))
@@ -219,7 +223,7 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
                 plan_tensor(recipe, arch, n)
             except ValueError as e:
                 raise ExportError(str(e)) from None
-        plan = [(n, n, None) for n in ref.names]  # (output name, input name, single source model or None)
+        plan = [(n, n, None, 1.0) for n in ref.names]  # (output, input, single source model or None, factor)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out_dir, shard_size)
@@ -228,24 +232,27 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
     if compile == "auto":  # compiling the fused kernels (~10-40 s once) pays back from about a billion parameters
         compile = "on" if sum(math.prod(s) for s in ref.shapes().values()) >= 1e9 else "off"
     with kernels.compiling(compile == "on"):
-        for out_name, in_name, single in tqdm(plan, desc="evomerge-merge", unit="tensor", disable=not progress):
-            _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, compute_dtype, device,
+        for out_name, in_name, single, factor in tqdm(plan, desc="evomerge-merge", unit="tensor",
+                                                      disable=not progress):
+            _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, factor, compute_dtype, device,
                            common_vocab if in_name in vocab else None)
     out_dtype = writer.float_dtype
     writer.close()
-    _write_config(ref, out_dir, arch, recipe, out_dtype, common_vocab)
+    _write_config(ref, out_dir, arch, recipe, out_dtype, common_vocab, untie)
     _copy_tokenizer(job, ref, ckpts, out_dir)
     _write_card(job, arch, num_layers, out_dir)
     recipe.save(out_dir / "evomerge_recipe.yaml")
     return out_dir
 
 
-def _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, compute_dtype, device,
+def _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, factor, compute_dtype, device,
                    rows: int | None) -> None:
-    """Merge (or copy, for a single source) one tensor and hand it to the shard writer."""
+    """Merge (or copy, for a single source, times `factor`: a folded hop scale) one tensor for the shard writer."""
     if single is not None:
         t = ckpts[single].get(in_name)
         out = t.to(compute_dtype) if compute_dtype else t
+        if factor != 1.0:
+            out = out * factor
     else:
         out = _merge_one(recipe, arch, ckpts, in_name, compute_dtype, device, rows)
     if rows is not None:
@@ -277,24 +284,26 @@ def _merge_one(recipe, arch, ckpts, name, compute_dtype, device, rows: int | Non
     return out
 
 
-def _path_plan(recipe: Recipe, ckpts, arch: ArchMap) -> list[tuple[str, str, str]]:
-    """(output name, input name, source model) for a stacked-layer path: non-layer tensors from models[0]."""
+def _path_plan(recipe: Recipe, ckpts, arch: ArchMap, folds) -> list[tuple[str, str, str, float]]:
+    """(output name, input name, source model, factor) for a stacked-layer path: non-layer tensors from models[0];
+    `folds` (evomerge.merge.dataflow.fold_factors) puts the `mlp_output` hop scales into the weights."""
+    embed_factor, mlp_factors = folds
     first = recipe.models[0]
-    plan = [(n, n, first) for n in ckpts[first].names if arch.layer_of(n) is None]
+    names = ckpts[first].names
+    plan = [(n, n, first, embed_factor if n in arch.embed else 1.0) for n in names if arch.layer_of(n) is None]
+    if embed_factor != 1.0:  # a tied head keeps the unscaled embeddings, written untied
+        plan += [(head, owner, first, 1.0) for head, owner in arch.tied.items() if head not in names and owner in names]
     for k, hop in enumerate(recipe.path):
         for n in ckpts[hop.model].names:
             if arch.layer_of(n) == hop.layer:
-                plan.append((arch.rename_layer(n, k), n, hop.model))
+                factor = mlp_factors.get(k, 1.0) if is_mlp_out(arch, n) else 1.0
+                plan.append((arch.rename_layer(n, k), n, hop.model, factor))
     return plan
 
 
 def _export_scaled_path(job: MergeJob, out_dir: Path, device: str, trust_remote_code: bool) -> Path:
-    """Scaled hops cannot be written as stock weights: the data-flow module owns that export."""
-    try:
-        from evomerge.merge.dataflow import export_path_recipe
-    except ImportError:
-        raise ExportError("the recipe's path scales hidden states between hops (scale != 1); exporting that needs "
-                          "evomerge.merge.dataflow.export_path_recipe, which is not available") from None
+    """`stream` hop scales cannot be written as stock weights: the data-flow module owns that export."""
+    from evomerge.merge.dataflow import export_path_recipe
     from evomerge.models.pool import ModelSpec, load_pool
 
     recipe = job.recipe
@@ -305,8 +314,11 @@ def _export_scaled_path(job: MergeJob, out_dir: Path, device: str, trust_remote_
     return export_path_recipe(pool, recipe, out_dir)
 
 
-def _write_config(ref: LazyCheckpoint, out_dir: Path, arch: ArchMap, recipe: Recipe, dtype, vocab) -> None:
+def _write_config(ref: LazyCheckpoint, out_dir: Path, arch: ArchMap, recipe: Recipe, dtype, vocab,
+                  untie: bool = False) -> None:
     cfg = dict(ref.config)
+    if untie:
+        cfg["tie_word_embeddings"] = False
     if recipe.path is not None:
         cfg[arch.num_layers_key] = len(recipe.path)
         if isinstance(cfg.get("layer_types"), list):

@@ -28,6 +28,9 @@ class ArchMap:
     head: tuple[str, ...] = ()
     final_norm: tuple[str, ...] = ()
     tied: dict[str, str] = field(default_factory=dict)  # tensor -> the tensor it shares storage with
+    # The linear module (inside a decoder layer) whose output is the layer's MLP contribution to the residual
+    # stream, e.g. "mlp.down_proj": where a data-flow hop scale acts and folds (evomerge/merge/dataflow.py).
+    mlp_out: str | None = None
     inferred: bool = False
 
     @property
@@ -82,6 +85,7 @@ def known_maps() -> tuple[ArchMap, ...]:
                     head=tuple(d.get("head") or ()),
                     final_norm=tuple(d.get("final_norm") or ()),
                     tied=dict(d.get("tied") or {}),
+                    mlp_out=d.get("mlp_out"),
                 )
             )
     return tuple(maps)

@@ -68,7 +68,8 @@ def build(cfg: Any, merge_cfg: Any, pool, seed: int = 0):
         common = dict(models=models, num_layers=pool.num_layers, anchor=cfg.get("anchor"),
                       fixed_ends=int(cfg.get("fixed_ends", 1)), max_path_length=cfg.get("max_path_length"),
                       scale_bounds=tuple(cfg.get("scale_bounds", (0.0, 2.0))),
-                      include_type=str(cfg.get("include_type", "real")), seed=seed)
+                      include_type=str(cfg.get("include_type", "real")),
+                      scale_at=str(cfg.get("scale_at", "mlp_output")), seed=seed)
         if kind == "dfs":
             return DFSSpace(repeats=int(cfg.get("repeats", 3)), scales=str(cfg.get("scales", "per_slot")), **common)
         return DepthSpace(**common)

@@ -10,10 +10,11 @@ convention of both the in-memory path model and the streaming export (evomerge/m
   > 0 (`include_type: real`, bounds [-1, 1]) or >= 0.5 (`include_type: bool`, bounds [0, 1]). The path therefore
   only moves forward within each repeat.
 - the anchor's first and last `fixed_ends` layers are fixed at the start and end of the path (Sakana: 1).
-- scales (`scales`): `per_slot` - one gene per slot, the scale of the hidden state entering that slot's layer;
+- scales (`scales`): `per_slot` - one gene per slot, the scale of the input of that slot's layer;
   `matrix` - Sakana's N x N matrix W: the hidden state passed from layer i to layer j is multiplied by W[i, j]
   (N^2 genes, most never used); `none` - all scales 1. Fixed hops get scale 1 except, with `matrix`, the hops
-  after the first (their W entry is used). Where the scale is applied: see evomerge/merge/dataflow.py.
+  after the first (their W entry is used). Where a scale acts is `scale_at` (default `mlp_output`, Sakana's released
+  model: on the previous hop's MLP output; see evomerge/merge/dataflow.py).
 - path-length cap `max_path_length` (fixed layers included) is a constraint: `constraint(x)` returns the violation
   max(0, len(path) - cap) >= 0 (0 = feasible) for optimisers that handle constraints (`n_constraints` = 1). `decode`
   always returns a runnable recipe: an over-long path is repaired by keeping the first included slots up to the cap,
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evomerge.recipe import Hop, Recipe
+from evomerge.recipe import SCALE_AT, Hop, Recipe
 from evomerge.space.genes import Gene, GeneBox, category_index, round_gene
 
 
@@ -55,6 +56,7 @@ class _PathSpace(GeneBox):
     anchor: str
     max_path_length: int | None
     seed: int
+    scale_at: str
 
     def _finish(self) -> None:
         self._set_bounds()
@@ -83,7 +85,8 @@ class _PathSpace(GeneBox):
             meta["violation"] = len(path) - self.max_path_length
             path = self._repair(path)
         models = [self.anchor] + [m for m in self.models if m != self.anchor]  # non-layer tensors: models[0]'s
-        return Recipe(models=models, base=None, default=None, path=path, seed=self.seed, meta=meta)
+        return Recipe(models=models, base=None, default=None, path=path, scale_at=self.scale_at, seed=self.seed,
+                      meta=meta)
 
     def _repair(self, path: list[Hop]) -> list[Hop]:
         f = self.fixed_ends
@@ -105,6 +108,7 @@ class DFSSpace(_PathSpace):
     fixed_ends: int = 1
     max_path_length: int | None = None
     seed: int = 0
+    scale_at: str = "mlp_output"  # where a hop scale acts (evomerge/recipe.py: SCALE_AT)
     kind = "dfs"
 
     def __post_init__(self):
@@ -171,6 +175,7 @@ class DepthSpace(_PathSpace):
     fixed_ends: int = 1
     max_path_length: int | None = None
     seed: int = 0
+    scale_at: str = "mlp_output"
     kind = "dfs_depth"
 
     def __post_init__(self):
@@ -227,6 +232,8 @@ def _check_common(space) -> None:
     if not 0 <= space.fixed_ends <= space.num_layers // 2:
         raise ValueError(f"space.fixed_ends: expected 0..{space.num_layers // 2} (layers fixed at each end), found "
                          f"{space.fixed_ends}")
+    if space.scale_at not in SCALE_AT:
+        raise ValueError(f"space.scale_at: expected one of {list(SCALE_AT)}, found {space.scale_at!r}")
     lo, hi = space.scale_bounds
     if not lo <= hi:
         raise ValueError(f"space.scale_bounds: [{lo}, {hi}] is not ordered low <= high")
