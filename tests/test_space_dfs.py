@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from evomerge import space as space_pkg
 from evomerge.merge.merger import Merger
 from evomerge.models.pool import ModelSpec, load_pool
-from evomerge.recipe import Recipe
+from evomerge.recipe import Recipe, Rule
 from evomerge.space.dfs import DepthSpace, DFSSpace
 
 IDS = torch.tensor([[1, 40, 41, 72, 19, 55, 60, 33]])
@@ -80,6 +80,38 @@ def test_length_cap_is_a_constraint_and_decode_repairs(pool):
     assert s.constraint(s.seeds()["source:a"]) == 0
 
 
+def test_repair_comes_before_the_scales(pool):
+    """A hop kept by the length repair takes its scale from its new predecessor (matrix W, depth-wise output)."""
+    s = DFSSpace(models=["a", "b"], num_layers=4, repeats=1, scales="matrix", max_path_length=3)
+    x = np.full(s.dim, -1.0)
+    x[5] = x[6] = 0.5  # slots b.1, b.2: a.0 b.1 b.2 a.3, one hop too many
+    W = x[8:].reshape(8, 8)
+    W[:] = 1.0
+    W[0, 5], W[5, 6], W[6, 3], W[5, 3] = 0.25, 0.5, 1.75, 1.25  # a.0->b.1, b.1->b.2, b.2->a.3, b.1->a.3
+    r = s.decode(x)
+    assert [(h.model, h.layer, h.scale) for h in r.path] == [("a", 0, 1.0), ("b", 1, 0.25), ("a", 3, 1.25)]
+    d = DepthSpace(models=["a", "b"], num_layers=4, max_path_length=4)
+    r = d.decode(np.array([0.5, 0.5, 0.0, 1.5,  # depth 1: a.1 b.1, output scale 1.5
+                           0.5, 0.5, 0.0, 0.5]))  # depth 2: a.2 b.2 (dropped by the cap), output scale 0.5
+    assert [(h.model, h.layer, h.scale) for h in r.path] == [("a", 0, 1.0), ("a", 1, 1.0), ("b", 1, 1.0),
+                                                             ("a", 3, 1.5)]
+
+
+def test_include_thresholds_at_the_boundary(pool):
+    """`bool` include genes count from 0.5 inclusive (as documented); `real` ones strictly above 0 (Sakana)."""
+    b = DFSSpace(models=["a"], num_layers=4, repeats=1, scales="none", include_type="bool")
+    x = np.zeros(b.dim)
+    x[1], x[2] = 0.5, 0.4999
+    assert [h.layer for h in b.decode(x).path] == [0, 1, 3]
+    r = DFSSpace(models=["a"], num_layers=4, repeats=1, scales="none")
+    x = np.full(r.dim, -1.0)
+    x[1], x[2] = 0.0, 1e-9
+    assert [h.layer for h in r.decode(x).path] == [0, 2, 3]
+    d = DepthSpace(models=["a", "b"], num_layers=4, include_type="bool")
+    assert [(h.model, h.layer) for h in d.decode(np.array([0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])).path] == \
+        [("a", 0), ("b", 1), ("a", 2), ("a", 3)]
+
+
 def test_seed_reproduces_the_anchor_logits_exactly(pool, merger, tiny_llamas):
     stock = AutoModelForCausalLM.from_pretrained(tiny_llamas["b"]).eval()
     with torch.no_grad():
@@ -130,19 +162,18 @@ def test_bad_options_fail_clearly(pool):
 
 def test_ps_recipe_becomes_a_dfs_model(tiny_llamas, tmp_path):
     """PS+DFS: a saved PS recipe is merged on load and its layers are then available to the path."""
-    from evomerge.space.ps import PSSpace
-
     pool = load_pool([ModelSpec(n, str(tiny_llamas[n])) for n in ("a", "b")], ModelSpec("base", str(tiny_llamas["base"])))
-    ps = PSSpace(models=["a", "b"], base="base", num_layers=4, layer_granularity=0)
-    ps.decode(np.array([0.5, 0.5])).save(tmp_path / "best_recipe.yaml")
+    Recipe(models=["a", "b"], base="base", default=Rule("task_arithmetic", {"weight": [0.5, 0.25]})).save(
+        tmp_path / "best_recipe.yaml")
     s = space_pkg.build({"kind": "dfs", "models": ["ps", "b"], "recipe_models": {"ps": str(tmp_path / "best_recipe.yaml")},
                          "repeats": 1}, {}, pool)
-    merged = Merger(pool).apply(Recipe.load(tmp_path / "best_recipe.yaml")).state_dict()
-    assert all(torch.equal(pool.state["ps"][k], v) for k, v in merged.items())
+    st = {n: pool.state[n] for n in ("base", "a", "b")}
+    for k, t in pool.state["ps"].items():  # task arithmetic by hand: base + 0.5 (a - base) + 0.25 (b - base)
+        b = st["base"][k]
+        torch.testing.assert_close(t, b + 0.5 * (st["a"][k] - b) + 0.25 * (st["b"][k] - b), rtol=0, atol=1e-6)
     recipe = s.decode(s.seeds()["source:ps"])
-    out = Merger(pool)
+    assert [(h.model, h.layer) for h in recipe.path] == [("ps", i) for i in range(4)]
+    stock = AutoModelForCausalLM.from_pretrained(tiny_llamas["a"]).eval()
     with torch.no_grad():
-        from_path = out.apply(recipe)(IDS).logits.clone()
-        for k, t in out.targets.items():
-            t.data.copy_(merged[k])
-        assert torch.equal(from_path, out.model(IDS).logits)
+        stock.load_state_dict(pool.state["ps"])
+        torch.testing.assert_close(Merger(pool).apply(recipe)(IDS).logits, stock(IDS).logits, rtol=0, atol=1e-5)

@@ -45,6 +45,8 @@ class Worker:
         return self.score(model, split, None, t0)
 
     def score(self, model: Any, split: str, indices, t0: float) -> Outcome:
+        if hasattr(model, "eval"):
+            model.eval()  # evaluators compare models, so dropout is off whatever built this one
         metrics, records, n = {}, {}, 0
         for ev in self.evaluators:
             res = ev.evaluate(model, split, indices)

@@ -7,7 +7,7 @@ convention of both the in-memory path model and the streaming export (evomerge/m
 `DFSSpace` (space kind `dfs`, Sakana's encoding, shared/reference/anchors.md section 2):
 - all layers of all models laid out in order (model 1's layers, then model 2's, ...: N layers) and repeated
   `repeats` (r) times: T = N * r slots. One include gene per slot: the slot's layer is on the path when the gene is
-  > 0 (`include_type: real`, bounds [-1, 1]) or >= 0.5 (`include_type: bool`, bounds [0, 1]). The path therefore
+  > 0 (`include_type: real`, bounds [-1, 1], Sakana's I_k > 0) or >= 0.5 (`include_type: bool`, bounds [0, 1]). The path therefore
   only moves forward within each repeat.
 - the anchor's first and last `fixed_ends` layers are fixed at the start and end of the path (Sakana: 1).
 - scales (`scales`): `per_slot` - one gene per slot, the scale of the input of that slot's layer;
@@ -17,8 +17,9 @@ convention of both the in-memory path model and the streaming export (evomerge/m
   model: on the previous hop's MLP output; see evomerge/merge/dataflow.py).
 - path-length cap `max_path_length` (fixed layers included) is a constraint: `constraint(x)` returns the violation
   max(0, len(path) - cap) >= 0 (0 = feasible) for optimisers that handle constraints (`n_constraints` = 1). `decode`
-  always returns a runnable recipe: an over-long path is repaired by keeping the first included slots up to the cap,
-  and the violation is recorded in `recipe.meta["violation"]`.
+  always returns a runnable recipe: an over-long path is repaired by keeping the first included slots up to the cap
+  (before scales are assigned, so a kept hop's `matrix` scale is that of its new predecessor), and the violation is
+  recorded in `recipe.meta["violation"]`.
 
 `DepthSpace` (space kind `dfs_depth`, Su & Geiping's DIS): for each depth position d (the anchor's first and last
 `fixed_ends` layers are fixed), one include gene per model (model m's *own* layer d), one categorical permutation
@@ -74,26 +75,32 @@ class _PathSpace(GeneBox):
 
     def constraint(self, x) -> float:
         """Path-length violation: max(0, len(path) - max_path_length); 0 when feasible or uncapped."""
-        n = len(self._full_path(self._x(x)))
+        n = len(self._entries(self._x(x)))
         return float(max(0, n - self.max_path_length)) if self.max_path_length else 0.0
+
+    def _included(self, genes: np.ndarray) -> np.ndarray:
+        """Include genes -> bools: `real` genes when > 0 (Sakana's I_k > 0), `bool` genes when >= 0.5."""
+        return genes >= self._thr if self.include_type == "bool" else genes > self._thr
 
     def decode(self, x) -> Recipe:
         x = self._x(x)
-        path = self._full_path(x)
+        entries = self._entries(x)
         meta = {"space": self.kind}
-        if self.max_path_length and len(path) > self.max_path_length:
-            meta["violation"] = len(path) - self.max_path_length
-            path = self._repair(path)
+        if self.max_path_length and len(entries) > self.max_path_length:
+            meta["violation"] = len(entries) - self.max_path_length
+            entries = self._repair(entries)
+        path = self._scaled(entries, x)  # after the repair: a kept hop's scale follows its new predecessor
         models = [self.anchor] + [m for m in self.models if m != self.anchor]  # non-layer tensors: models[0]'s
         return Recipe(models=models, base=None, default=None, path=path, scale_at=self.scale_at, seed=self.seed,
                       meta=meta)
 
-    def _repair(self, path: list[Hop]) -> list[Hop]:
+    def _repair(self, entries: list) -> list:
+        """Keep the fixed ends and the first included hops up to the cap."""
         f = self.fixed_ends
-        middle = path[f:len(path) - f] if f else path
+        middle = entries[f:len(entries) - f] if f else entries
         keep = self.max_path_length - 2 * f
-        tail = path[len(path) - f:] if f else []
-        return path[:f] + middle[:keep] + tail
+        tail = entries[len(entries) - f:] if f else []
+        return entries[:f] + middle[:keep] + tail
 
 
 @dataclass
@@ -135,18 +142,21 @@ class DFSSpace(_PathSpace):
     def _flat(self, model: str, layer: int) -> int:
         return self.models.index(model) * self.num_layers + layer
 
-    def _full_path(self, x: np.ndarray) -> list[Hop]:
-        T, N, L, f = len(self.slots), self.n_layers_all, self.num_layers, self.fixed_ends
-        include = x[:T] > self._thr
-        hops = [Hop(self.anchor, i, 1.0) for i in range(f)]
-        for k in np.flatnonzero(include):
-            _, m, i = self.slots[k]
-            hops.append(Hop(m, i, round_gene(x[T + k]) if self.scales == "per_slot" else 1.0))
-        hops += [Hop(self.anchor, i, 1.0) for i in range(L - f, L)]
+    def _entries(self, x: np.ndarray) -> list[tuple[str, int, int | None]]:
+        """The uncapped path as (model, layer, slot index or None for a fixed hop)."""
+        L, f = self.num_layers, self.fixed_ends
+        out = [(self.anchor, i, None) for i in range(f)]
+        out += [(self.slots[k][1], self.slots[k][2], int(k)) for k in np.flatnonzero(self._included(x[:len(self.slots)]))]
+        return out + [(self.anchor, i, None) for i in range(L - f, L)]
+
+    def _scaled(self, entries: list, x: np.ndarray) -> list[Hop]:
+        T, N = len(self.slots), self.n_layers_all
+        if self.scales == "per_slot":
+            return [Hop(m, i, 1.0 if k is None else round_gene(x[T + k])) for m, i, k in entries]
+        hops = [Hop(m, i, 1.0) for m, i, _ in entries]
         if self.scales == "matrix":
             W = x[T:].reshape(N, N)
-            for h in range(1, len(hops)):
-                prev, cur = hops[h - 1], hops[h]
+            for prev, cur in zip(hops, hops[1:]):
                 cur.scale = round_gene(W[self._flat(prev.model, prev.layer), self._flat(cur.model, cur.layer)])
         return hops
 
@@ -196,22 +206,20 @@ class DepthSpace(_PathSpace):
         self.block = M + (1 if M > 1 else 0) + 1
         self._finish()
 
-    def _full_path(self, x: np.ndarray) -> list[Hop]:
+    def _entries(self, x: np.ndarray) -> list[tuple[str, int, float]]:
+        """The uncapped path as (model, layer, output scale): the last block of a depth carries the depth's scale."""
         M, f, L = len(self.models), self.fixed_ends, self.num_layers
-        hops = [Hop(self.anchor, i, 1.0) for i in range(f)]
-        carry = 1.0  # output scale of the previous depth = input scale of the next hop
+        out = [(self.anchor, i, 1.0) for i in range(f)]
         for b, d in zip(x.reshape(-1, self.block), self.depths, strict=True):
-            include = b[:M] > self._thr
+            include = self._included(b[:M])
             order = self.orders[category_index(b[M], len(self.orders))] if M > 1 else (0,)
             chosen = [self.models[i] for i in order if include[i]] or [self.anchor]
-            for m in chosen:
-                hops.append(Hop(m, d, carry))
-                carry = 1.0
-            carry = round_gene(b[-1])
-        for i in range(L - f, L):
-            hops.append(Hop(self.anchor, i, carry))
-            carry = 1.0
-        return hops
+            out += [(m, d, 1.0) for m in chosen[:-1]] + [(chosen[-1], d, round_gene(b[-1]))]
+        return out + [(self.anchor, i, 1.0) for i in range(L - f, L)]
+
+    def _scaled(self, entries: list, x: np.ndarray) -> list[Hop]:
+        """A hop's input scale is its predecessor's output scale (the last hop's own output scale is dropped)."""
+        return [Hop(m, d, 1.0 if h == 0 else entries[h - 1][2]) for h, (m, d, _) in enumerate(entries)]
 
     def seeds(self) -> dict[str, np.ndarray]:
         """The anchor model itself: only its own block at every depth, identity order, scale 1."""
