@@ -93,12 +93,43 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as a single line and fsync it, so a crash loses at most the line being written."""
+    """Append one record as a single line and fsync it, so a crash loses at most the line being written.
+
+    A last line torn by an earlier crash is cut off first (or, if it is a whole record missing only its newline,
+    completed), so the new record never lands on a fragment: every append-only log stays readable.
+    """
     line = json.dumps(record, default=_json_default, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    with open(path, "a+b") as f:
+        _mend_tail(f)
+        f.write(line.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _mend_tail(f) -> None:
+    """Make a JSONL file opened "a+b" end at a record boundary (see append_jsonl)."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    start = size
+    while start > 0:  # find the start of the last line, reading back in blocks
+        block = min(65536, start)
+        f.seek(start - block)
+        chunk = f.read(block)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            start = start - block + cut + 1
+            break
+        start -= block
+    f.seek(start)
+    try:
+        json.loads(f.read().decode("utf-8"))
+        f.write(b"\n")  # a whole record: keep it
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        f.truncate(start)
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:

@@ -89,6 +89,34 @@ def test_torn_last_line_is_dropped_and_resume_rewrites_the_log(tmp_path):
     assert np.all([r["id"] for r in res.records] == np.arange(18))
 
 
+@pytest.mark.parametrize("log", ["evaluations.jsonl", "cache.jsonl"])
+def test_every_append_only_log_survives_a_torn_last_line(tmp_path, log):
+    """Resume after a torn line, then read the log again: new records must not have been glued onto the fragment."""
+    with pytest.raises(Killed):
+        _search(tmp_path, 18, executor=FakeExecutor(crash_after=9))
+    n_before = len(read_jsonl(tmp_path / log))
+    with open(tmp_path / log, "a") as f:
+        f.write('{"key": "abc", "metr')  # a line cut by SIGKILL mid-write
+    res = _search(tmp_path, 24, resume=True)
+    assert len(res.records) == 24
+    records = read_jsonl(tmp_path / log)  # a fragment mid-file would raise "corrupt record in the middle"
+    assert len(records) > n_before and all("abc" != r.get("key") for r in records)
+    assert (tmp_path / log).read_bytes().endswith(b"\n")
+
+
+def test_append_keeps_a_whole_last_record_missing_its_newline(tmp_path):
+    p = tmp_path / "log.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}')
+    store.append_jsonl(p, {"a": 3})
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    p.write_text('{"a": 1}\n{"a": 2')
+    store.append_jsonl(p, {"a": 3})
+    assert read_jsonl(p) == [{"a": 1}, {"a": 3}]
+    p.write_text('{"a": ')
+    store.append_jsonl(p, {"a": 3})
+    assert read_jsonl(p) == [{"a": 3}]
+
+
 def test_kill_between_checkpoint_temp_write_and_rename(tmp_path, monkeypatch):
     """The process dies after the new checkpoint's temporary file is written but before the rename."""
     ref = _search(tmp_path / "ref", 30)
