@@ -124,6 +124,23 @@ def test_multi_objective_archive_and_hypervolume(tmp_path):
                                                                                           strict=True))
 
 
+def test_hypervolume_with_successive_halving_is_measured(tmp_path):
+    """Generation 0's top rung holds one point (8 -> 3 -> 1): the reference point comes from all its rungs."""
+    from evomerge.logger.progress import hv_reference
+
+    res = search(tmp_path, "nsga2", objectives=OBJ2, budget=48, fidelity={"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3})
+    gen0 = np.array([r["objectives"] for r in res.records if r["generation"] == 0 and r["metrics"]])
+    span = gen0.max(axis=0) - gen0.min(axis=0)
+    assert np.all(span > 0.01)
+    np.testing.assert_allclose(res.ref_point, gen0.max(axis=0) + 0.1 * span)
+    F = np.array([r["objectives"] for r in res.front])
+    assert res.hypervolume[-1]["hypervolume"] == pytest.approx(hypervolume(F, np.array(res.ref_point)))
+    assert res.hypervolume[0]["hypervolume"] > 1e-3
+    # the report recomputes the same point from the log when archive.json is not given
+    np.testing.assert_allclose(hv_reference(read_jsonl(tmp_path / "evaluations.jsonl"), objectives=OBJ2),
+                               res.ref_point)
+
+
 def test_hv_reference_point_from_config(tmp_path):
     res = search(tmp_path, "nsga2", objectives=OBJ2, budget=16, hv_ref=[0.0, 0.0])
     assert res.ref_point == [0.0, 0.0]

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from evomerge.search.objectives import Objective
-from evomerge.search.pareto import hypervolume, pareto_mask
+from evomerge.search.pareto import default_reference, hypervolume, pareto_mask
 from evomerge.store import read_jsonl
 
 
@@ -121,8 +121,8 @@ def hv_reference(records: list[dict], config: dict | None = None, archive: dict 
     """The hypervolume reference point in minimisation units, fixed for the whole run.
 
     The one the search loop used (archive.json's `reference_point`, metric units) when known; else the config's
-    `search.hv_ref` (metric units); else the loop's default rule: the worst value of each objective in the first
-    generation with a successful evaluation, pushed out by 10% of its range (at least 1e-4).
+    `search.hv_ref` (metric units); else the loop's default rule (evomerge.search.pareto.default_reference) on the
+    first generation with a successful top-fidelity evaluation, all its rungs included.
     """
     objectives = objectives or objectives_of(records, config)
     given = (archive or {}).get("reference_point")
@@ -134,9 +134,7 @@ def hv_reference(records: list[dict], config: dict | None = None, archive: dict 
     if not ok:
         return None
     first = min(r.get("generation", 0) for r in ok)
-    F = min_matrix([r for r in ok if r.get("generation", 0) == first])
-    worst, span = F.max(axis=0), F.max(axis=0) - F.min(axis=0)
-    return worst + 0.1 * np.maximum(span, 1e-3)
+    return default_reference(min_matrix([r for r in records if is_ok(r) and r.get("generation", 0) == first]))
 
 
 def hv(records: list[dict], ref: np.ndarray | None) -> float:

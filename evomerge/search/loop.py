@@ -39,7 +39,7 @@ import numpy as np
 from evomerge.search.cache import EvalCache, recipe_key, resolution_digits, selection_key
 from evomerge.search.fidelity import Fidelity, generation_samples, promotion_order, told_values
 from evomerge.search.objectives import WORST, Objective, to_min
-from evomerge.search.pareto import hypervolume, pareto_mask
+from evomerge.search.pareto import default_reference, hypervolume, pareto_mask
 from evomerge.store import (
     RunDirError,
     append_jsonl,
@@ -425,9 +425,10 @@ class _Loop:
         if st.ref_point is None:
             if self.s.hv_ref is not None:
                 st.ref_point = [o.to_min(v) for o, v in zip(self.objectives, self.s.hv_ref, strict=True)]
-            else:  # fixed once, from the first evaluated generation: its worst values plus a 10% margin
-                worst, span = Fa.max(axis=0), Fa.max(axis=0) - Fa.min(axis=0)
-                st.ref_point = (worst + 0.1 * np.maximum(span, 1e-3)).tolist()
+            else:  # fixed once, from the first evaluated generation (all rungs)
+                first = min(r["generation"] for r in full)
+                F0 = [r["objectives"] for r in res.records if r["metrics"] is not None and r["generation"] == first]
+                st.ref_point = default_reference(np.array(F0, float)).tolist()
         res.ref_point = st.ref_point
         hv = hypervolume(Fa[mask], np.asarray(st.ref_point))
         entry = {"generation": int(gen), "hypervolume": hv, "evaluations": st.evals, "n_samples": st.n_samples,

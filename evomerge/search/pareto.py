@@ -29,3 +29,13 @@ def hypervolume(F: np.ndarray, ref: np.ndarray) -> float:
     from pymoo.indicators.hv import HV
 
     return float(HV(ref_point=ref)(F))
+
+
+def default_reference(F: np.ndarray) -> np.ndarray:
+    """The automatic hypervolume reference point (minimisation units), fixed once per run: the worst value of each
+    objective over the first generation's successful evaluations *at every fidelity rung* (with successive halving
+    the top rung of generation 0 may hold a single point, whose span is 0), pushed out by 10% of the span (at
+    least 1e-4)."""
+    F = np.atleast_2d(np.asarray(F, float))
+    worst, span = F.max(axis=0), F.max(axis=0) - F.min(axis=0)
+    return worst + 0.1 * np.maximum(span, 1e-3)
