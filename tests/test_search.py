@@ -11,7 +11,7 @@ from evomerge import optimizer as optimizer_pkg
 from evomerge.executor.worker import Outcome
 from evomerge.search.fidelity import Fidelity, promotion_order, told_values
 from evomerge.search.loop import SearchSettings, run_search
-from evomerge.search.objectives import WORST, Objective
+from evomerge.search.objectives import WORST, Objective, to_min
 from evomerge.search.pareto import hypervolume, pareto_mask
 from evomerge.store import read_jsonl
 
@@ -227,6 +227,20 @@ def test_hyperband_cycles_the_starting_rung(tmp_path):
     assert by_gen == {0: [0] * 8 + [1] * 3 + [2], 1: [1] * 8 + [2] * 3, 2: [2] * 8}
     with pytest.raises(ValueError, match="search.fidelity.mode: expected"):
         Fidelity.parse({"mode": "bohb"})
+
+
+def test_failures_rank_below_every_finished_candidate_in_any_units():
+    """A perplexity of e^700 is finished (just terrible); a failure must still rank worse, at every rung."""
+    ppl = [Objective("ppl", "min")]
+    huge, fail = to_min(ppl, {"ppl": float(np.exp(700))}), to_min(ppl, None)
+    assert huge[0] < fail[0]
+    acc = [Objective("acc", "max")]
+    assert to_min(acc, {"acc": -1e300})[0] < to_min(acc, None)[0]
+    F = np.array([[1.5], [float(np.exp(700))], [-3.0], [WORST]])
+    F[:3] = np.clip(F[:3], None, to_min(ppl, {"ppl": float(np.exp(700))})[0])
+    ok = np.array([True, True, True, False])
+    told = told_values(F, np.array([2, 0, 1, 0]), 3, ok)
+    assert told[3, 0] > told[:3, 0].max()  # the failure is last even after the rung offsets
 
 
 def test_told_values_rank_rungs_lexicographically():

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WORST = 1e6  # finite stand-in for a failed evaluation (CMA-ES and pymoo both need finite values)
+# A failed evaluation is told WORST for every objective (CMA-ES and pymoo both need finite values). Finished
+# candidates' objectives are clipped to +-CAP, so that a failure ranks below every finished candidate in every
+# objective's units: a perplexity can reach e^700, far above any fixed "worst" value, and successive halving adds
+# rung offsets of at most 2 * (1 + the spread) <= 4e11 + 2 (fidelity.told_values) on top, still below WORST.
+CAP = 1e11
+WORST = 1e12
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ def parse(objectives: list, available: dict[str, bool]) -> list[Objective]:
 
 
 def to_min(objectives: list[Objective], metrics: dict[str, float] | None) -> np.ndarray:
-    """The minimisation vector; a failed evaluation (no metrics) gets the worst value for every objective."""
+    """The minimisation vector, clipped to +-CAP; a failed evaluation (no metrics) gets WORST for every objective."""
     if metrics is None:
         return np.full(len(objectives), WORST)
-    return np.array([o.to_min(metrics[o.metric]) for o in objectives])
+    return np.clip(np.array([o.to_min(metrics[o.metric]) for o in objectives], float), -CAP, CAP)
