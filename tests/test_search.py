@@ -148,6 +148,25 @@ def test_hv_reference_point_from_config(tmp_path):
     assert res.hypervolume[-1]["hypervolume"] == pytest.approx(hypervolume(F, np.zeros(2)))
 
 
+def test_cache_is_not_shared_across_evaluator_settings(tmp_path):
+    """A fresh run in a folder that still holds cache.jsonl reuses metrics only if the evaluator settings match."""
+    def run(evaluator, ex):
+        space = FakeSpace()
+        opt = optimizer_pkg.build({"kind": "random", "popsize": 8}, space.xl, space.xu, 1, 0)
+        for name in ("evaluations.jsonl", "checkpoint.pkl", "archive.json"):
+            (tmp_path / name).unlink(missing_ok=True)
+        return run_search(space, opt, ex, OBJ1, SearchSettings(budget=16), tmp_path, n_fitness=N_FIT,
+                          config={"evaluator": evaluator, "seed": 0})
+
+    run({"kind": "jp_math", "max_new_tokens": 64}, FakeExecutor())
+    same = FakeExecutor()
+    run({"kind": "jp_math", "max_new_tokens": 64}, same)
+    assert same.calls == 0  # everything came from the cache
+    other = FakeExecutor()
+    run({"kind": "jp_math", "max_new_tokens": 256}, other)
+    assert other.calls == 16
+
+
 def test_cache_hits_are_free_and_survive_restart(tmp_path):
     ex = FakeExecutor()
     res = search(tmp_path, "random", budget=16, executor=ex)

@@ -1,7 +1,8 @@
 """Evaluation cache: an identical decoded recipe is never evaluated twice on the same samples.
 
-The key is a hash of the recipe (every number rounded to the space's resolution) and of the sample selection (the
-fidelity). Entries are appended to `cache.jsonl` in the run directory, so the cache survives restarts; a line torn
+The key is a hash of the recipe (every number rounded to the space's resolution), of the sample selection (the
+fidelity) and of the settings that decide what a recipe scores (`metric_fingerprint`: models, merge, evaluator and
+seed sections of the run config), so a run with other evaluator settings never reuses another run's metrics. Entries are appended to `cache.jsonl` in the run directory, so the cache survives restarts; a line torn
 by a crash is dropped on reading. Only successful evaluations are cached: a failure may be transient (out of
 memory), so it is retried if proposed again.
 """
@@ -37,6 +38,14 @@ def resolution_digits(resolution: float) -> int:
 def recipe_key(recipe_dict: dict, digits: int, selection: str) -> str:
     text = json.dumps(_rounded(recipe_dict, digits), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(f"{text}|{selection}".encode()).hexdigest()
+
+
+def metric_fingerprint(config: dict | None) -> str:
+    """A short hash of the config sections that decide a recipe's metrics ('' without a config)."""
+    if not config:
+        return ""
+    part = {k: config.get(k) for k in ("models", "merge", "evaluator", "seed")}
+    return hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def selection_key(indices) -> str:

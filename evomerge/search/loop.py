@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evomerge.search.cache import EvalCache, recipe_key, resolution_digits, selection_key
+from evomerge.search.cache import EvalCache, metric_fingerprint, recipe_key, resolution_digits, selection_key
 from evomerge.search.fidelity import Fidelity, generation_samples, promotion_order, told_values
 from evomerge.search.objectives import WORST, Objective, to_min
 from evomerge.search.pareto import default_reference, hypervolume, pareto_mask
@@ -210,6 +210,7 @@ class _Loop:
         self.paths = {k: run_dir / f for k, f in (("log", "evaluations.jsonl"), ("ckpt", "checkpoint.pkl"),
                                                   ("archive", "archive.json"), ("cache", "cache.jsonl"))}
         self.cache = EvalCache(self.paths["cache"], settings.cache)
+        self.fingerprint = metric_fingerprint(config)
         self.state = _State()
         self.result = SearchResult()
 
@@ -337,7 +338,7 @@ class _Loop:
     def _evaluate(self, gen, X, recipes, batch, idx, r, F, ok, rung) -> None:
         sel = selection_key(idx)
         fraction = 1.0 if idx is None else len(idx) / self.n_fitness
-        keys = [recipe_key(recipes[i].to_dict(), self.digits, sel) for i in batch]
+        keys = [recipe_key(recipes[i].to_dict(), self.digits, f"{sel}|{self.fingerprint}") for i in batch]
         todo: dict[str, int] = {}
         for i, k in zip(batch, keys, strict=True):
             if self.cache.get(k) is None and k not in todo:
