@@ -67,6 +67,8 @@ class Recipe:
     layers: dict[int, dict[str, Rule]] = field(default_factory=dict)  # layer -> group ("*" or GROUPS) -> rule
     path: list[Hop] | None = None  # data-flow path; None keeps each layer in place
     scale_at: str = "mlp_output"  # where the path's hop scales act: one of SCALE_AT
+    head_from: str | None = None  # a path's final norm and head from this model (mergekit passthrough: the last
+    # slice's model); None: models[0], like the embeddings
     seed: int = 0  # for randomised methods (DARE, DELLA)
     meta: dict[str, Any] = field(default_factory=dict)  # free-form provenance (space, genome, scores)
 
@@ -100,6 +102,8 @@ class Recipe:
         if self.path is not None:
             out["path"] = [[h.model, h.layer, _num(h.scale)] for h in self.path]
             out["scale_at"] = self.scale_at
+            if self.head_from is not None:
+                out["head_from"] = self.head_from
         if self.meta:
             out["meta"] = _plain(self.meta)
         return out
@@ -128,6 +132,7 @@ class Recipe:
             layers=layers,
             path=path,
             scale_at=str(d.get("scale_at", "mlp_output")),
+            head_from=None if d.get("head_from") is None else str(d["head_from"]),
             seed=int(d.get("seed", 0)),
             meta=dict(d.get("meta") or {}),
         )
@@ -136,6 +141,8 @@ class Recipe:
 
     def check(self, where: str = "recipe") -> None:
         """Structural checks that need no model: per-model lists match the model count, numbers are finite."""
+        if self.head_from is not None and self.head_from not in self.models:
+            raise ValueError(f"{where}.head_from: {self.head_from!r} is not one of the recipe's models {self.models}")
         if self.scale_at not in SCALE_AT:
             raise ValueError(f"{where}.scale_at: expected one of {list(SCALE_AT)}, found {self.scale_at!r}")
         n = len(self.models)

@@ -129,6 +129,40 @@ def test_passthrough_slices_stack_layers(tmp_path, m):
     assert len(model.model.layers) == 6
 
 
+def test_passthrough_takes_embeddings_from_the_first_slice_and_head_from_the_last(tmp_path, m):
+    """mergekit: embed_tokens from the first slice's model, final norm and lm_head from the last slice's model."""
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.merge.merger import Merger
+    from evomerge.models.pool import ModelSpec, load_pool
+
+    cfg = {"merge_method": "passthrough", "base_model": m["base"],
+           "slices": [{"sources": [{"model": m["a"], "layer_range": [0, 2]}]},
+                      {"sources": [{"model": m["base"], "layer_range": [1, 3]}]},
+                      {"sources": [{"model": m["b"], "layer_range": [3, 4]}]}]}
+    out = tmp_path / "three"
+    assert main([str(mk(tmp_path, cfg)), str(out), "--no-progress"]) == 0
+    state = load_state(out)
+    src = {k: load_file(Path(m[k]) / "model.safetensors") for k in ("a", "b", "base")}
+    want = {"model.embed_tokens.weight": "a", "model.norm.weight": "b", "lm_head.weight": "b"}
+    non_layer = sorted(n for n in state if not n.startswith("model.layers."))
+    assert non_layer == sorted(want)
+    for name, model in want.items():
+        assert torch.equal(state[name], src[model][name]), name
+    # the in-memory path model (what a search evaluates) agrees, and the recipe writes back the same YAML
+    job = load_job(tmp_path / "cfg.yaml")
+    assert job.recipe.head_from == m["b"]
+    pool = load_pool([ModelSpec(n, n) for n in job.recipe.models], None)
+    with torch.no_grad():
+        model = Merger(pool).apply(job.recipe)
+        assert torch.equal(model.model.norm.weight, src["b"]["model.norm.weight"])
+        assert torch.equal(model.lm_head.weight, src["b"]["lm_head.weight"])
+        assert torch.equal(model.model.embed_tokens.weight, src["a"]["model.embed_tokens.weight"])
+        stock = AutoModelForCausalLM.from_pretrained(out).eval()
+        ids = torch.tensor([[1, 40, 41, 72, 19]])
+        assert torch.equal(stock(ids).logits, model(ids).logits)
+
+
 def test_evomerge_recipe_with_paths_and_scaled_path(tmp_path, m):
     recipe = {"models": ["a", "b"], "base": "base", "seed": 1, "paths": m,
               "default": {"method": "task_arithmetic", "weight": [0.5, 0.5]},

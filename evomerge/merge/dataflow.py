@@ -122,18 +122,29 @@ def check_path(pool: ModelPool, recipe: Recipe) -> None:
 
 def non_layer_tensors(pool: ModelPool, recipe: Recipe) -> dict[str, torch.Tensor]:
     """Embeddings, final norm and head: from the recipe's default rule (one-hot linear = that model's own tensors,
-    shared, not copied); models[0]'s when there is no default rule."""
+    shared, not copied); models[0]'s when there is no default rule, except that `recipe.head_from` gives the final
+    norm and head (mergekit passthrough takes them from the last slice's model)."""
     names = [n for n in next(iter(pool.state.values())) if pool.arch.layer_of(n) is None]
     rule = recipe.default
     if rule is None:
-        return {n: pool.state[recipe.models[0]][n] for n in names}
-    w = rule.per_model.get("weight", [])
-    if rule.method == "linear" and sorted(w) == [0.0] * (len(w) - 1) + [1.0]:
-        src = recipe.models[w.index(1.0)]
-        return {n: pool.state[src][n] for n in names}
-    from evomerge.merge.merger import merge_tensor
+        out = {n: pool.state[recipe.models[0]][n] for n in names}
+    else:
+        w = rule.per_model.get("weight", [])
+        if rule.method == "linear" and sorted(w) == [0.0] * (len(w) - 1) + [1.0]:
+            src = recipe.models[w.index(1.0)]
+            out = {n: pool.state[src][n] for n in names}
+        else:
+            from evomerge.merge.merger import merge_tensor
 
-    return {n: merge_tensor(pool, recipe, n) for n in names}
+            out = {n: merge_tensor(pool, recipe, n) for n in names}
+    if recipe.head_from is not None:
+        out.update({n: pool.state[recipe.head_from][n] for n in head_tensors(pool.arch) if n in out})
+    return out
+
+
+def head_tensors(arch) -> tuple[str, ...]:
+    """The non-layer tensors after the last decoder layer: final norm and head."""
+    return tuple(arch.final_norm) + tuple(arch.head)
 
 
 class PathModelBuilder:

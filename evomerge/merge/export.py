@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from evomerge.merge import kernels
-from evomerge.merge.dataflow import fold_factors, is_mlp_out
+from evomerge.merge.dataflow import fold_factors, head_tensors, is_mlp_out
 from evomerge.merge.kernels import all_finite
 from evomerge.merge.mergekit import MergeJob, NotExpressible, from_mergekit, recipe_to_mergekit
 from evomerge.merge.merger import MergeError, plan_tensor, run_method
@@ -285,12 +285,15 @@ def _merge_one(recipe, arch, ckpts, name, compute_dtype, device, rows: int | Non
 
 
 def _path_plan(recipe: Recipe, ckpts, arch: ArchMap, folds) -> list[tuple[str, str, str, float]]:
-    """(output name, input name, source model, factor) for a stacked-layer path: non-layer tensors from models[0];
+    """(output name, input name, source model, factor) for a stacked-layer path: non-layer tensors from models[0]
+    (final norm and head from `recipe.head_from` when set);
     `folds` (evomerge.merge.dataflow.fold_factors) puts the `mlp_output` hop scales into the weights."""
     embed_factor, mlp_factors = folds
     first = recipe.models[0]
     names = ckpts[first].names
-    plan = [(n, n, first, embed_factor if n in arch.embed else 1.0) for n in names if arch.layer_of(n) is None]
+    head = set(head_tensors(arch)) if recipe.head_from else set()
+    plan = [(n, n, recipe.head_from if n in head else first, embed_factor if n in arch.embed else 1.0)
+            for n in names if arch.layer_of(n) is None]
     if embed_factor != 1.0:  # a tied head keeps the unscaled embeddings, written untied
         plan += [(head, owner, first, 1.0) for head, owner in arch.tied.items() if head not in names and owner in names]
     for k, hop in enumerate(recipe.path):

@@ -293,9 +293,10 @@ def _passthrough_slices(job: MergeJob, slices: list[dict], base: str | None, glo
             raise MergekitConfigError(f"{where}.slices[{k}].layer_range [{a}, {b}]: the model has {num_layers} layers")
         path += [Hop(src["model"], i, 1.0) for i in range(a, b)]
         models.append(src["model"])
-    first = base or models[0]
-    order = list(dict.fromkeys([first, *models]))
-    job.recipe = Recipe(models=order, base=None, path=path)
+    # mergekit: embeddings from the first slice's model, final norm and head from the last slice's
+    first = models[0]  # base_model plays no part in passthrough
+    order = list(dict.fromkeys(models))
+    job.recipe = Recipe(models=order, base=None, path=path, head_from=None if models[-1] == first else models[-1])
     job.paths = {m: m for m in order}
     return job
 
@@ -455,8 +456,12 @@ def _path_to_slices(recipe: Recipe, ref) -> dict:
             run = {"model": h.model, "layer_range": [h.layer, h.layer + 1]}
             slices.append(run)
     if slices[0]["model"] != recipe.models[0]:
-        raise NotExpressible(f"non-layer tensors come from {recipe.models[0]}, but the first slice is "
+        raise NotExpressible(f"embeddings come from {recipe.models[0]}, but the first slice is "
                              f"{slices[0]['model']} (mergekit takes them from the first slice's model)")
+    head = recipe.head_from or recipe.models[0]
+    if slices[-1]["model"] != head:
+        raise NotExpressible(f"final norm and head come from {head}, but the last slice is {slices[-1]['model']} "
+                             f"(mergekit takes them from the last slice's model)")
     return {"merge_method": "passthrough",
             "slices": [{"sources": [{"model": ref(s["model"]), "layer_range": s["layer_range"]}]} for s in slices]}
 
