@@ -164,9 +164,14 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     if result.best is None:
         raise RuntimeError(f"every evaluation failed; see {run_dir / 'evaluations.jsonl'}")
 
-    best = Recipe.from_dict(result.best["recipe"])
-    best.meta.update({"genome": list(map(float, result.best["genome"])), "fitness": result.best["metrics"],
-                      "evaluation_id": result.best["id"]})
+    chosen, selection = result.best, None
+    if settings.select_on == "validation":
+        chosen, selection = select_on_validation(worker, result.records, objectives, settings)
+    best = Recipe.from_dict(chosen["recipe"])
+    best.meta.update({"genome": list(map(float, chosen["genome"])), "fitness": chosen["metrics"],
+                      "evaluation_id": chosen["id"]})
+    if selection is not None:
+        best.meta["validation"] = next(s["validation"] for s in selection if s["id"] == chosen["id"])
     best.save(run_dir / "best_recipe.yaml")
     from evomerge.merge.mergekit import save_mergekit
 
@@ -183,9 +188,11 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     columns = _table_columns(rows, columns)
     table = format_table(rows, columns, split, n_items)
     atomic_write_text(run_dir / "final_table.md", table + "\n")
-    summary = {"best": result.best, "final_split": split, "final": rows, "evaluations": len(result.records),
+    summary = {"best": chosen, "final_split": split, "final": rows, "evaluations": len(result.records),
                "evaluated_samples": result.n_samples, "hypervolume": result.hypervolume,
                "wall_time": time.perf_counter() - t0}
+    if selection is not None:
+        summary["selection"] = {"split": "validation", "candidates": selection, "best_by_fitness": result.best["id"]}
     if len(objectives) > 1 or search.get("final_pareto"):
         summary["pareto"] = pareto_held_out(worker, result.front, split)
         atomic_write_json(run_dir / "pareto_final.json", summary["pareto"])
@@ -197,6 +204,27 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     print("\n" + table + "\n")
     print(f"run directory: {run_dir}")
     return summary
+
+
+def select_on_validation(worker: Worker, records: list[dict], objectives, settings: SearchSettings):
+    """Re-score each generation's best once on the validation split; the lowest weighted objective there wins."""
+    from evomerge.search.loop import scalar, selection_candidates
+
+    weights = None if settings.weights is None else np.asarray(settings.weights, float)
+    rows = []
+    for rec in selection_candidates(records, weights, settings.select_top):
+        out = worker.evaluate(Recipe.from_dict(rec["recipe"]), "validation")
+        if out.error:
+            log.warning("selection: candidate %d failed on the validation split: %s", rec["id"], out.error)
+            continue
+        rows.append({"id": rec["id"], "generation": rec["generation"], "fitness": rec["metrics"],
+                     "validation": out.metrics,
+                     "score": scalar(objectives_pkg.to_min(objectives, out.metrics), weights)})
+    if not rows:
+        raise RuntimeError("search.select_on=validation: every candidate failed on the validation split")
+    win = min(rows, key=lambda r: (r["score"], r["id"]))
+    log.info("selection: %d candidates re-scored on the validation split; chose evaluation %d", len(rows), win["id"])
+    return next(r for r in records if r["id"] == win["id"]), rows
 
 
 def pareto_held_out(worker: Worker, front: list[dict], split: str) -> list[dict]:

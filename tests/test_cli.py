@@ -49,6 +49,35 @@ def test_digits_end_to_end(tmp_path, zoo_root, digits_zoo):
     assert metrics["acc/mean"] == pytest.approx(rows["evolved (best)"]["acc/mean"])
 
 
+@pytest.mark.slow
+def test_select_on_validation_picks_the_best_generation_snapshot(tmp_path, zoo_root, digits_zoo):
+    """Minibatch fitness redrawn per generation: the kept recipe is the best of the generations' bests re-scored on
+    the validation split, not the luckiest minibatch score."""
+    out = tmp_path / "out"
+    proc = run_cli(["experiment=digits", "search.budget=24", "optimizer.popsize=6", "search.minibatch=40",
+                    "search.resample=true", "search.select_on=validation", f"hydra.run.dir={out}"], zoo_root, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    records = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    cands = final["selection"]["candidates"]
+    per_gen = {}
+    for r in records:
+        if r["metrics"] and (r["generation"] not in per_gen or r["metrics"]["acc/mean"] >
+                             per_gen[r["generation"]]["metrics"]["acc/mean"]):
+            per_gen[r["generation"]] = r
+    assert sorted(c["id"] for c in cands) == sorted(r["id"] for r in per_gen.values())  # one per generation
+    win = max(cands, key=lambda c: (c["validation"]["acc/mean"], -c["id"]))
+    assert final["best"]["id"] == win["id"]
+    best = yaml.safe_load((out / "best_recipe.yaml").read_text())
+    assert best["meta"]["evaluation_id"] == win["id"] and best["meta"]["validation"] == win["validation"]
+    from evomerge.evaluator.vision import VisionEvaluator
+    from evomerge.zoo.digits import DigitsCNN
+
+    model = DigitsCNN.from_pretrained(out / "best_model")  # the saved model is the chosen one
+    val = VisionEvaluator(tasks=["rot90", "mirror", "invert"]).evaluate(model, "validation").metrics
+    assert val["acc/mean"] == pytest.approx(win["validation"]["acc/mean"])
+
+
 def test_help_and_cfg_job(tmp_path, zoo_root):
     proc = run_cli(["--help"], zoo_root, tmp_path)
     assert proc.returncode == 0 and "experiment: " in proc.stdout and "digits" in proc.stdout

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 SEARCH_KEYS = {"budget", "objectives", "seed_population", "max_consecutive_failures", "minibatch", "resample",
-               "fidelity", "hv_ref", "cache", "cache_resolution", "weights", "final_pareto"}
+               "fidelity", "hv_ref", "cache", "cache_resolution", "weights", "final_pareto", "select_on", "select_top"}
 
 
 @dataclass
@@ -67,6 +67,8 @@ class SearchSettings:
     cache: bool = True
     cache_resolution: float | None = None  # None: the space's `resolution`, else 1e-6
     weights: list[float] | None = None     # how 'best' is chosen among several objectives (None: equal weights)
+    select_on: str = "fitness"  # fitness | validation: re-score each generation's best there once, keep the best
+    select_top: int | None = None  # with select_on validation: only the select_top of those by fitness (None: all)
 
     @classmethod
     def parse(cls, search: dict, n_obj: int | None = None) -> SearchSettings:
@@ -90,9 +92,17 @@ class SearchSettings:
         res = search.get("cache_resolution")
         if res is not None:
             resolution_digits(float(res))
+        select_on = search.get("select_on") or "fitness"
+        if select_on not in ("fitness", "validation"):
+            raise ValueError(f"search.select_on: expected 'fitness' (the best fitness) or 'validation' (re-score each "
+                             f"generation's best on the validation split), found {select_on!r}")
+        top = search.get("select_top")
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top <= 0):
+            raise ValueError(f"search.select_top: expected a positive integer or null, found {top!r}")
         return cls(budget=budget, max_consecutive_failures=mcf, minibatch=mb, resample=bool(search.get("resample")),
                    fidelity=Fidelity.parse(search.get("fidelity")), hv_ref=ref, cache=bool(search.get("cache", True)),
-                   cache_resolution=None if res is None else float(res), weights=weights)
+                   cache_resolution=None if res is None else float(res), weights=weights, select_on=select_on,
+                   select_top=top)
 
 
 def _per_objective(search: dict, key: str, n_obj: int | None, unit: str) -> list[float] | None:
@@ -136,6 +146,23 @@ def scalar(F: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Scalarised minimisation value used to pick 'the best' candidate (weighted sum; mean by default)."""
     F = np.asarray(F, float)
     return float(F @ weights) if weights is not None else float(np.mean(F))
+
+
+def selection_candidates(records: list[dict], weights, top: int | None) -> list[dict]:
+    """Each generation's best top-fidelity success (what Sakana snapshots), the `top` best of them by fitness.
+
+    With a minibatch redrawn every generation, "the best fitness" compares scores on different samples and favours
+    lucky minibatches; re-scoring these candidates on one held-out split (`search.select_on: validation`) does not.
+    """
+    best: dict[int, dict] = {}
+    for r in records:
+        if r["metrics"] is None or not r.get("top_fidelity", True):
+            continue
+        g = r["generation"]
+        if g not in best or scalar(r["objectives"], weights) < scalar(best[g]["objectives"], weights):
+            best[g] = r
+    ranked = sorted(best.values(), key=lambda r: (scalar(r["objectives"], weights), r["id"]))
+    return ranked[:top] if top else ranked
 
 
 def check_run_dir(run_dir: Path, resume: bool, config: dict | None) -> None:
