@@ -34,8 +34,8 @@ def validate(cfg: dict) -> SearchSettings:
     opt = cfg.get("optimizer") or {}
     pop, least = opt.get("popsize"), 1 if opt.get("kind") == "random" else 2  # CMA-ES and pymoo need 2
     if pop is not None and (isinstance(pop, bool) or not isinstance(pop, int) or pop < least):
-        raise ValueError(f"optimizer.popsize: expected an integer >= {least} for optimizer.kind="
-                         f"{opt.get('kind')}, found {pop!r}")
+        raise ValueError(f"optimizer.popsize: expected a positive integer, at least {least} for optimizer.kind="
+                         f"{opt.get('kind')}; found {pop!r}")
     check_device(cfg.get("device", "cpu"))
     if not search.get("objectives"):
         raise ValueError("search.objectives: empty; expected at least one {metric, direction}")

@@ -33,7 +33,7 @@ def test_cuda_without_cuda_is_refused_before_loading(tmp_path, zoo_root, digits_
 def test_popsize_one_is_refused_before_loading(tmp_path, zoo_root, digits_zoo):
     proc = run_cli(["experiment=digits", "optimizer.popsize=1", f"hydra.run.dir={tmp_path / 'run'}"], zoo_root,
                    tmp_path)
-    _refused(proc, "optimizer.popsize: expected an integer >= 2 for optimizer.kind=cmaes, found 1")
+    _refused(proc, "optimizer.popsize: expected a positive integer, at least 2 for optimizer.kind=cmaes; found 1")
 
 
 def test_dry_run_with_a_missing_source_fails(tmp_path, zoo_root, digits_zoo):
