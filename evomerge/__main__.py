@@ -8,6 +8,7 @@ set_offline_env()
 
 import logging  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -21,21 +22,46 @@ def _app(cfg: DictConfig) -> None:
 
     from evomerge.run import run
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # interpolation errors: name the key
         raise SystemExit(f"error: cannot resolve the config: {e}") from None
     try:
-        run(plain, run_dir)
+        run(plain, run_dir, record=lambda d: write_record(d, cfg, hydra_cfg))
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
         log.error("%s", e)
         print(f"\nerror: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        d = Path(plain["resume"]).expanduser() if isinstance(plain.get("resume"), str) else Path(run_dir)
+        _interrupted(f"; the last checkpoint in {d} is intact: continue the run with resume={d} (or resume=true "
+                     f"with hydra.run.dir={d})")
+
+
+def write_record(run_dir, cfg: DictConfig, hydra_cfg) -> None:
+    """The run's record, as Hydra writes it (config.yaml, hydra.yaml, overrides.yaml in .hydra/), but only once the
+    run is accepted (lock held, directory checked): a refused run must not rewrite another run's record."""
+    from evomerge.store import atomic_write_text
+
+    d = Path(run_dir) / ".hydra"
+    atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(d / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write_text(d / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))))
+
+
+def _interrupted(hint: str = "") -> None:
+    """Ctrl-C: one line and exit status 130 (like SIGTERM, no traceback), saying how to continue."""
+    print(f"\ninterrupted (Ctrl-C){hint}", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 def main() -> None:
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt:  # before the run started (imports, Hydra's config composition)
+        _interrupted()
 
 
 if __name__ == "__main__":

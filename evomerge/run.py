@@ -31,9 +31,12 @@ log = logging.getLogger("evomerge")
 def validate(cfg: dict) -> SearchSettings:
     """Checks that need no model, so that bad input fails in seconds, before any loading or training."""
     search = cfg.get("search") or {}
-    pop = (cfg.get("optimizer") or {}).get("popsize")
-    if pop is not None and (not isinstance(pop, int) or pop <= 0):
-        raise ValueError(f"optimizer.popsize: expected a positive integer, found {pop!r}")
+    opt = cfg.get("optimizer") or {}
+    pop, least = opt.get("popsize"), 1 if opt.get("kind") == "random" else 2  # CMA-ES and pymoo need 2
+    if pop is not None and (isinstance(pop, bool) or not isinstance(pop, int) or pop < least):
+        raise ValueError(f"optimizer.popsize: expected a positive integer, at least {least} for optimizer.kind="
+                         f"{opt.get('kind')}; found {pop!r}")
+    check_device(cfg.get("device", "cpu"))
     if not search.get("objectives"):
         raise ValueError("search.objectives: empty; expected at least one {metric, direction}")
     settings = SearchSettings.parse(search, len(search["objectives"]))  # budget, minibatch, fidelity, ...
@@ -46,6 +49,21 @@ def validate(cfg: dict) -> SearchSettings:
     models_pkg.specs(cfg["models"])
     executor_pkg.check(cfg.get("executor"))
     return settings
+
+
+def check_device(device) -> None:
+    """`device=cuda` without CUDA fails here, not with an AssertionError after the models load."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected cpu, cuda or cuda:N, found {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: CUDA is not available on this machine; use device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s); expected "
+                         f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
 
 
 def average_recipe(pool) -> Recipe:
@@ -81,10 +99,12 @@ def format_table(rows: list[dict], columns: list[str], split: str, n: int) -> st
     return "\n".join(lines)
 
 
-def run(cfg: dict[str, Any], run_dir: str | Path) -> dict:
+def run(cfg: dict[str, Any], run_dir: str | Path, record=None) -> dict:
     """Validate, then hold the run directory's lock for the whole run (a second process is refused).
 
     `resume: true` continues the search in `run_dir`; `resume: PATH` continues the run directory PATH.
+    `record(run_dir)` is called once the run is accepted (lock held, directory checked): the CLI writes the run's
+    config record there, so a refused run leaves the directory as it was.
     """
     settings = validate(cfg)
     if cfg.get("dry_run"):  # the plan only: no weights, no zoo building, no run directory content
@@ -92,6 +112,9 @@ def run(cfg: dict[str, Any], run_dir: str | Path) -> dict:
 
         text = describe(cfg)
         print(text)
+        from evomerge.plan import preflight
+
+        preflight(cfg)  # a plan with missing inputs is a failed dry run (exit status 2), not a success
         return {"dry_run": True, "plan": text}
     from evomerge.plan import check_space, preflight
 
@@ -106,6 +129,8 @@ def run(cfg: dict[str, Any], run_dir: str | Path) -> dict:
     check_writable(run_dir)
     with RunLock(run_dir):
         check_run_dir(run_dir, bool(cfg.get("resume")), resume_key(cfg))  # before any model is loaded
+        if record is not None:
+            record(run_dir)
         return _run(cfg, run_dir, settings)
 
 

@@ -173,7 +173,7 @@ def test_cache_hits_are_free_and_survive_restart(tmp_path):
     # random search proposes the two seeds only once; re-propose them from a new run in the same cache
     assert ex.calls == 16
     (tmp_path / "evaluations.jsonl").unlink()
-    (tmp_path / "checkpoint.pkl").unlink()
+    (tmp_path / "checkpoint.json").unlink()
     ex2 = FakeExecutor()
     res2 = search(tmp_path, "random", budget=16, executor=ex2)
     assert ex2.calls == 0 and all(r["cached"] for r in res2.records)

@@ -40,6 +40,39 @@ class ExportError(ValueError):
     """A config or set of models that cannot be exported (the message names the file/field and what was found)."""
 
 
+# what a checkpoint folder consists of: the files --overwrite removes from OUT_DIR before writing (nothing else)
+CHECKPOINT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", ".shard-*.tmp",
+                    "config.json", "generation_config.json", "README.md", "evomerge_recipe.yaml", *TOKENIZER_FILES)
+
+
+def check_out_dir(out_dir: Path, inputs: dict[str, Path], overwrite: bool) -> None:
+    """Refuse an OUT_DIR that is, is inside, or contains an input folder (its weights would be lost), a file, or a
+    non-empty folder without --overwrite (old shards next to new weights: readers would pick the wrong ones)."""
+    out = out_dir.expanduser().resolve()
+    for name, folder in inputs.items():
+        src = folder.expanduser().resolve()
+        rel = ("is" if out == src else "is inside" if src in out.parents else "contains" if out in src.parents
+               else None)
+        if rel:
+            raise ExportError(f"OUT_DIR {out_dir} {rel} the folder of input {name!r} ({src}); writing there would "
+                              f"overwrite or mix with that model's files. Choose an OUT_DIR outside every input")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"OUT_DIR {out_dir} exists and is not a folder; expected a new or empty folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not overwrite:
+        raise ExportError(f"OUT_DIR {out_dir} is not empty ({len(entries)} entries, e.g. {entries[:3]}); choose an "
+                          f"empty folder, or pass --overwrite to replace the checkpoint files in it (weights, "
+                          f"index, config.json, tokenizer files, README.md; other files are kept)")
+
+
+def clear_checkpoint_files(out_dir: Path) -> None:
+    """--overwrite: remove an earlier checkpoint's files, so no stale shard or index survives next to the new one."""
+    for pattern in CHECKPOINT_GLOBS:
+        for f in out_dir.glob(pattern):
+            if f.is_file() or f.is_symlink():
+                f.unlink()
+
+
 # ---- reading CONFIG -----------------------------------------------------------------------------------------------
 
 
@@ -168,15 +201,21 @@ class ShardWriter:
 
 def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | None = None,
            shard_size: int = 2_000_000_000, truncate_vocab: bool = False, trust_remote_code: bool = False,
-           progress: bool = True, compile: str = "auto") -> Path:
+           progress: bool = True, compile: str = "auto", overwrite: bool = False) -> Path:
     """Merge `job` to `out_dir` tensor by tensor. All checks run before the first tensor is merged.
-    `compile`: on, off, or auto (on from about a billion parameters)."""
+    `compile`: on, off, or auto (on from about a billion parameters). `overwrite`: a non-empty `out_dir` is
+    accepted and its checkpoint files are removed first (never an input's folder)."""
     recipe = job.recipe
     if seed is not None:
         recipe.seed = int(seed)
     out_dir = Path(out_dir)
     names = list(dict.fromkeys(recipe.models + ([recipe.base] if recipe.base else [])))
     ckpts = {m: _open(job.paths.get(m, m), f"model {m!r}") for m in names}
+    inputs = {m: c.path for m, c in ckpts.items()}
+    if job.tokenizer_source and job.tokenizer_source not in ckpts:
+        inputs[f"tokenizer_source {job.tokenizer_source}"] = resolve_path(job.paths.get(job.tokenizer_source,
+                                                                                        job.tokenizer_source))
+    check_out_dir(out_dir, inputs, overwrite)
     ref_name = recipe.base or recipe.models[0]
     ref = ckpts[ref_name]
     arch, num_layers = _describe(ref, f"model {ref_name!r}")
@@ -198,7 +237,7 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
     if recipe.path is not None:
         folds = fold_factors(arch, recipe)
         if folds is None:  # `stream` scales do not fold into stock weights
-            return _export_scaled_path(job, out_dir, device, trust_remote_code)
+            return _export_scaled_path(job, out_dir, device, trust_remote_code, overwrite)
         for k, h in enumerate(recipe.path):
             if h.model not in ckpts:
                 raise ExportError(f"recipe.path[{k}]: model {h.model!r} is not among the recipe's models {names}")
@@ -225,6 +264,8 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
                 raise ExportError(str(e)) from None
         plan = [(n, n, None, 1.0) for n in ref.names]  # (output, input, single source model or None, factor)
 
+    if overwrite and out_dir.is_dir():
+        clear_checkpoint_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out_dir, shard_size)
     from tqdm import tqdm
@@ -304,7 +345,8 @@ def _path_plan(recipe: Recipe, ckpts, arch: ArchMap, folds) -> list[tuple[str, s
     return plan
 
 
-def _export_scaled_path(job: MergeJob, out_dir: Path, device: str, trust_remote_code: bool) -> Path:
+def _export_scaled_path(job: MergeJob, out_dir: Path, device: str, trust_remote_code: bool,
+                        overwrite: bool = False) -> Path:
     """`stream` hop scales cannot be written as stock weights: the data-flow module owns that export."""
     from evomerge.merge.dataflow import export_path_recipe
     from evomerge.models.pool import ModelSpec, load_pool
@@ -314,6 +356,8 @@ def _export_scaled_path(job: MergeJob, out_dir: Path, device: str, trust_remote_
     pool = load_pool(specs, None, device=device, trust_remote_code=trust_remote_code,
                      tokenizer_source=job.paths.get(job.tokenizer_source, job.tokenizer_source)
                      if job.tokenizer_source else None)
+    if overwrite and out_dir.is_dir():
+        clear_checkpoint_files(out_dir)
     return export_path_recipe(pool, recipe, out_dir)
 
 
@@ -390,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trust-remote-code", action="store_true", help="only used for scaled layer paths")
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                     help="torch.compile the fused merge kernels (auto: for models of a billion parameters or more)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into a non-empty OUT_DIR, removing its checkpoint files first (never an input's)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -405,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(f"--device {args.device}: CUDA is not available on this machine")
         out = export(job, args.out_dir, device=args.device, seed=args.seed, shard_size=_parse_size(args.shard_size),
                      truncate_vocab=args.truncate_vocab, trust_remote_code=args.trust_remote_code,
-                     progress=not args.no_progress, compile=args.compile)
+                     progress=not args.no_progress, compile=args.compile, overwrite=args.overwrite)
     except (ExportError, MergeError, ValueError, FileNotFoundError) as e:
         print(f"evomerge-merge: error: {e}", file=sys.stderr)
         return 2

@@ -8,13 +8,14 @@ One loop for every optimiser (evomerge/optimizer/), space and executor. Per gene
 3. The rest are evaluated on the generation's fitness samples (evomerge/search/fidelity.py: fixed subsample,
    optional minibatch resampling, optional successive halving), through the cache (evomerge/search/cache.py).
 4. `optimizer.tell(X, F, G)`; the Pareto archive (all top-fidelity successes) and its hypervolume are updated.
-5. A checkpoint (optimiser, counters, hypervolume history, RNG states) is written atomically; then the logger.
+5. A checkpoint (the optimiser's calls as data, counters, hypervolume history, RNG states) is written atomically
+   (evomerge/search/checkpoint.py: plain JSON, no code); then the logger.
 
 Files in the run directory: `evaluations.jsonl` (one record per candidate evaluation, appended as it happens),
-`cache.jsonl`, `checkpoint.pkl`, `archive.json` (Pareto front + hypervolume per generation).
+`cache.jsonl`, `checkpoint.json`, `archive.json` (Pareto front + hypervolume per generation).
 
 Resume: the checkpoint is the truth. Records of the generation in flight (newer than the checkpoint) are cut from
-`evaluations.jsonl`, the optimiser and RNG states are restored, and that generation is run again; its finished
+`evaluations.jsonl`, the freshly built optimiser replays its recorded calls, the RNG states are restored, and that generation is run again; its finished
 evaluations come back from the cache at no cost. Evaluation is deterministic, so a run killed at any moment and
 resumed ends exactly as an uninterrupted one (tests/faults/test_resume.py).
 
@@ -28,14 +29,13 @@ generation: generation, hypervolume, evaluations, n_samples, front_size) and `re
 from __future__ import annotations
 
 import logging
-import pickle
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from evomerge.search import checkpoint
 from evomerge.search.cache import EvalCache, metric_fingerprint, recipe_key, resolution_digits, selection_key
 from evomerge.search.fidelity import Fidelity, generation_samples, promotion_order, told_values
 from evomerge.search.objectives import WORST, Objective, to_min
@@ -43,7 +43,6 @@ from evomerge.search.pareto import default_reference, hypervolume, pareto_mask
 from evomerge.store import (
     RunDirError,
     append_jsonl,
-    atomic_write_bytes,
     atomic_write_json,
     read_jsonl,
     write_jsonl,
@@ -51,7 +50,6 @@ from evomerge.store import (
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
 SEARCH_KEYS = {"budget", "objectives", "seed_population", "max_consecutive_failures", "minibatch", "resample",
                "fidelity", "hv_ref", "cache", "cache_resolution", "weights", "final_pareto", "select_on", "select_top"}
 
@@ -133,7 +131,7 @@ class TooManyFailures(RuntimeError):
 
 @dataclass
 class _State:
-    """Everything besides the optimiser that a resumed run needs (pickled in the checkpoint)."""
+    """Everything besides the optimiser that a resumed run needs (JSON in the checkpoint)."""
     gen: int = 0
     evals: int = 0
     n_samples: int = 0
@@ -168,31 +166,30 @@ def selection_candidates(records: list[dict], weights, top: int | None) -> list[
 def check_run_dir(run_dir: Path, resume: bool, config: dict | None) -> None:
     """Before any model is loaded: a fresh run refuses a used directory; a resume refuses a changed config."""
     run_dir = Path(run_dir)
-    ckpt, log_path = run_dir / "checkpoint.pkl", run_dir / "evaluations.jsonl"
+    ckpt, log_path = run_dir / checkpoint.NAME, run_dir / "evaluations.jsonl"
+    old = run_dir / checkpoint.OLD_NAME
     if not resume:
-        if ckpt.exists() or read_jsonl(log_path):
+        if ckpt.exists() or old.exists() or read_jsonl(log_path):
             raise RunDirError(f"run directory {run_dir} already holds a search ({log_path.name}); continue it with "
                               f"resume=true or choose a new directory")
         return
+    if old.exists() and not ckpt.exists():  # never unpickled: a pickle can run any code
+        raise RunDirError(f"{old}: a checkpoint in the old pickle format, which evomerge no longer reads (unpickling "
+                          f"can run code). Start a new run directory, or delete {old.name} to redo this run's search "
+                          f"from the start (finished evaluations come back from cache.jsonl at no cost)")
     if ckpt.exists() and config is not None:
         _check_config(ckpt, _read_checkpoint(ckpt).get("config"), config, run_dir)
-    for name in ("checkpoint.pkl", "archive.json", "evaluations.jsonl"):  # temporaries of a write cut by a kill
+    for name in (checkpoint.NAME, "archive.json", "evaluations.jsonl"):  # temporaries of a write cut by a kill
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
 def _read_checkpoint(ckpt: Path) -> dict:
-    try:
-        data = pickle.loads(ckpt.read_bytes())
-    except Exception as e:
-        raise RunDirError(f"{ckpt}: cannot read the checkpoint ({type(e).__name__}: {e}); it is written "
-                          f"atomically, so it was changed outside evomerge") from None
-    if data.get("version") != CHECKPOINT_VERSION:
-        raise RunDirError(f"{ckpt}: checkpoint version {data.get('version')}, expected {CHECKPOINT_VERSION}")
-    return data
+    return checkpoint.read(ckpt)  # JSON only: reading a checkpoint runs no code
 
 
 def _check_config(ckpt: Path, saved: dict | None, config: dict | None, run_dir: Path) -> None:
+    config = checkpoint.normalised(config)
     if config is None or saved is None or saved == config:
         return
     diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
@@ -234,7 +231,7 @@ class _Loop:
         res = settings.cache_resolution or getattr(space, "resolution", None) or 1e-6
         self.digits = resolution_digits(float(res))
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {k: run_dir / f for k, f in (("log", "evaluations.jsonl"), ("ckpt", "checkpoint.pkl"),
+        self.paths = {k: run_dir / f for k, f in (("log", "evaluations.jsonl"), ("ckpt", checkpoint.NAME),
                                                   ("archive", "archive.json"), ("cache", "cache.jsonl"))}
         self.cache = EvalCache(self.paths["cache"], settings.cache)
         self.fingerprint = metric_fingerprint(config)
@@ -252,18 +249,10 @@ class _Loop:
                               f"{good}. Free disk space or fix permissions, then rerun with resume=true.") from None
 
     def _checkpoint(self) -> None:
-        import cloudpickle  # pymoo operators hold closures that plain pickle refuses
-        import torch
-
-        blob = cloudpickle.dumps({
-            "version": CHECKPOINT_VERSION, "state": self.state, "optimizer": self.optimizer, "config": self.config,
-            "rng": {"numpy": np.random.get_state(), "python": random.getstate(), "torch": torch.get_rng_state()},
-        })
-        self._io("the checkpoint", atomic_write_bytes, self.paths["ckpt"], blob)
+        self._io("the checkpoint", checkpoint.write, self.paths["ckpt"], self.config, asdict(self.state),
+                 self.optimizer)
 
     def _restore(self) -> list[dict]:
-        import torch
-
         ckpt = self.paths["ckpt"]
         if not ckpt.exists():  # killed before the first generation finished: start over, keep the cache
             log.info("resume: no checkpoint in %s yet; starting the search from the beginning", self.run_dir)
@@ -271,10 +260,12 @@ class _Loop:
             return []
         data = _read_checkpoint(ckpt)
         _check_config(ckpt, data.get("config"), self.config, self.run_dir)
-        self.state, self.optimizer = data["state"], data["optimizer"]
-        np.random.set_state(data["rng"]["numpy"])
-        random.setstate(data["rng"]["python"])
-        torch.set_rng_state(data["rng"]["torch"])
+        try:
+            self.state = _State(**data["state"])
+        except TypeError as e:
+            raise RunDirError(f"{ckpt}: malformed checkpoint, state: {e}") from None
+        self.optimizer.replay(data["optimizer"]["calls"], ckpt)  # the fresh optimiser, told what it was told
+        checkpoint.restore_rng(data, ckpt)
         records = [r for r in read_jsonl(self.paths["log"]) if r["generation"] < self.state.gen]
         self._io("the evaluation log", write_jsonl, self.paths["log"], records)
         log.info("resume: %d generation(s), %d evaluations restored from %s", self.state.gen, len(records), ckpt)
@@ -283,6 +274,7 @@ class _Loop:
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self, resume: bool) -> SearchResult:
         self.resumed = resume
+        self.optimizer = checkpoint.Replayable(self.optimizer)  # records its calls for the checkpoint
         check_run_dir(self.run_dir, resume, None)
         records = self._restore() if resume else []
         res = self.result
@@ -292,6 +284,8 @@ class _Loop:
             self._account(r)
         if records:
             self._update_front(self.state.gen - 1)
+            # a kill between the last checkpoint and its archive write leaves a stale archive: rewrite it now
+            self._io("the Pareto archive", atomic_write_json, self.paths["archive"], self.archive())
         t_start = time.perf_counter()
         while self.state.evals < self.s.budget and not self.optimizer.stop():
             complete = self._generation()

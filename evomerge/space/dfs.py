@@ -156,7 +156,7 @@ class DFSSpace(_PathSpace):
         hops = [Hop(m, i, 1.0) for m, i, _ in entries]
         if self.scales == "matrix":
             W = x[T:].reshape(N, N)
-            for prev, cur in zip(hops, hops[1:]):
+            for prev, cur in zip(hops, hops[1:], strict=False):
                 cur.scale = round_gene(W[self._flat(prev.model, prev.layer), self._flat(cur.model, cur.layer)])
         return hops
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import signal
 import subprocess
@@ -80,9 +79,9 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, z
         # the run directory stays readable after every kill
         read_jsonl(run_dir / "evaluations.jsonl")
         read_jsonl(run_dir / "cache.jsonl")
-        if (run_dir / "checkpoint.pkl").exists():
-            pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
-        assert not list(run_dir.glob(".checkpoint.pkl.*.tmp.keep"))
+        if (run_dir / "checkpoint.json").exists():
+            json.loads((run_dir / "checkpoint.json").read_text())
+        assert not list(run_dir.glob(".checkpoint.json.*.tmp.keep"))
     final = subprocess.run(_cmd(run_dir, "resume=true"), env=env, capture_output=True, text=True, timeout=400)
     assert final.returncode == 0, final.stderr[-3000:]
     out, err = ref.communicate(timeout=400)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import errno
-import pickle
+import json
 
 import numpy as np
 import pytest
 
 from evomerge import optimizer as optimizer_pkg
 from evomerge import store
+from evomerge.search import checkpoint as checkpoint_mod
 from evomerge.search import loop as loop_mod
 from evomerge.search.loop import SearchSettings, run_search
 from evomerge.search.objectives import Objective
@@ -29,9 +30,9 @@ def _search(run_dir, budget, resume=False, executor=None):
                       n_fitness=N_FIT, resume=resume, config={"k": 1})
 
 
-def _enospc_after(monkeypatch, target, n_ok):
-    """Let `n_ok` calls of store.<target> through, then fail like a full disk."""
-    real = getattr(store, target)
+def _enospc_after(monkeypatch, module, target, n_ok):
+    """Let `n_ok` calls of module.<target> through, then fail like a full disk."""
+    real = getattr(module, target)
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -40,22 +41,23 @@ def _enospc_after(monkeypatch, target, n_ok):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **k)
 
-    monkeypatch.setattr(loop_mod, target, flaky)
+    monkeypatch.setattr(module, target, flaky)
 
 
-@pytest.mark.parametrize("target,n_ok", [("atomic_write_bytes", 2), ("append_jsonl", 14)])
-def test_disk_full_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, target, n_ok):
+@pytest.mark.parametrize("module,target,n_ok", [(checkpoint_mod, "atomic_write_text", 2),
+                                                (loop_mod, "append_jsonl", 14)])
+def test_disk_full_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, module, target, n_ok):
     ref = _search(tmp_path / "ref", 30)
     run_dir = tmp_path / "run"
-    _enospc_after(monkeypatch, target, n_ok)
+    _enospc_after(monkeypatch, module, target, n_ok)
     with pytest.raises(RunDirError) as e:
         _search(run_dir, 30)
     msg = str(e.value)
     assert f"in {run_dir}: No space left on device" in msg and "resume=true" in msg
     assert "last good checkpoint" in msg and "is intact" in msg
-    ckpt = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
-    assert ckpt["state"].gen == 2 and ckpt["state"].evals == 12
-    assert not list(run_dir.glob(".checkpoint.pkl.*.tmp"))  # the temporary file was cleaned up
+    ckpt = json.loads((run_dir / "checkpoint.json").read_text())
+    assert ckpt["state"]["gen"] == 2 and ckpt["state"]["evals"] == 12
+    assert not list(run_dir.glob(".checkpoint.json.*.tmp"))  # the temporary file was cleaned up
     monkeypatch.undo()
     res = _search(run_dir, 30, resume=True)  # space freed: resume ends exactly like the uninterrupted run
     assert [r["metrics"] for r in res.records] == [r["metrics"] for r in ref.records]
@@ -125,7 +127,7 @@ def test_kill_between_checkpoint_temp_write_and_rename(tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def replace(src, dst):
-        if str(dst).endswith("checkpoint.pkl"):
+        if str(dst).endswith("checkpoint.json"):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise Killed()
@@ -135,8 +137,34 @@ def test_kill_between_checkpoint_temp_write_and_rename(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         _search(run_dir, 30)
     monkeypatch.undo()
-    assert pickle.loads((run_dir / "checkpoint.pkl").read_bytes())["state"].gen == 2  # the old one, whole
-    (run_dir / ".checkpoint.pkl.abc.tmp").write_bytes(b"half a pickle")  # as SIGKILL would leave it
+    assert json.loads((run_dir / "checkpoint.json").read_text())["state"]["gen"] == 2  # the old one, whole
+    (run_dir / ".checkpoint.json.abc.tmp").write_bytes(b'{"half a')  # as SIGKILL would leave it
     res = _search(run_dir, 30, resume=True)
     assert [r["metrics"] for r in res.records] == [r["metrics"] for r in ref.records]
-    assert not list(run_dir.glob(".checkpoint.pkl.*.tmp"))
+    assert not list(run_dir.glob(".checkpoint.json.*.tmp"))
+
+
+def test_kill_between_the_last_checkpoint_and_the_archive_write(tmp_path, monkeypatch):
+    """Killed after the final generation's checkpoint but before its archive.json: the resume has no generation
+    left to run, and must still leave the archive of the finished search (found by the SIGKILL test)."""
+    ref = _search(tmp_path / "ref", 18)
+    run_dir = tmp_path / "run"
+    real = loop_mod.atomic_write_json
+    calls = {"n": 0}
+
+    def write(path, obj):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the archive of generation 2, the last one (its checkpoint is already on disk)
+            raise Killed()
+        return real(path, obj)
+
+    monkeypatch.setattr(loop_mod, "atomic_write_json", write)
+    with pytest.raises(Killed):
+        _search(run_dir, 18)
+    monkeypatch.undo()
+    assert json.loads((run_dir / "checkpoint.json").read_text())["state"]["gen"] == 3
+    res = _search(run_dir, 18, resume=True)
+    assert len(res.records) == 18
+    assert json.loads((run_dir / "archive.json").read_text()) == json.loads((tmp_path / "ref" / "archive.json")
+                                                                              .read_text())
+    assert [h["generation"] for h in ref.hypervolume] == [0, 1, 2]

@@ -1,0 +1,69 @@
+"""Through the real CLI: settings that cannot work fail before any model is loaded, and Ctrl-C stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+from test_cli import run_cli  # noqa: E402
+
+LOADING = "loading source models"
+
+
+def _refused(proc, message):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-2000:]
+    assert message in proc.stderr
+    assert LOADING not in out and "Traceback" not in out
+
+
+def test_cuda_without_cuda_is_refused_before_loading(tmp_path, zoo_root, digits_zoo, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no CUDA device, on any machine
+    proc = run_cli(["experiment=digits", "device=cuda", f"hydra.run.dir={tmp_path / 'run'}"], zoo_root, tmp_path)
+    _refused(proc, "device=cuda: CUDA is not available on this machine; use device=cpu")
+
+
+def test_popsize_one_is_refused_before_loading(tmp_path, zoo_root, digits_zoo):
+    proc = run_cli(["experiment=digits", "optimizer.popsize=1", f"hydra.run.dir={tmp_path / 'run'}"], zoo_root,
+                   tmp_path)
+    _refused(proc, "optimizer.popsize: expected a positive integer, at least 2 for optimizer.kind=cmaes; found 1")
+
+
+def test_dry_run_with_a_missing_source_fails(tmp_path, zoo_root, digits_zoo):
+    missing = tmp_path / "no_such_model"
+    proc = run_cli(["experiment=digits", "dry_run=true", "models.zoo=null", f"models.sources.0.path={missing}",
+                    f"hydra.run.dir={tmp_path / 'run'}"], zoo_root, tmp_path)
+    _refused(proc, f"models.sources[0]: model 'rot90' path {missing} does not exist")
+    assert "Plan (dry run" in proc.stdout  # the plan is still shown
+    ok = run_cli(["experiment=digits", "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}"], zoo_root, tmp_path)
+    assert ok.returncode == 0 and "everything the run needs is available" in ok.stdout
+
+
+def test_ctrl_c_stops_without_a_traceback_and_says_how_to_resume(tmp_path, zoo_root, digits_zoo):
+    run = tmp_path / "run"
+    args = ["experiment=digits", "optimizer.popsize=6", "threads=1", f"hydra.run.dir={run}"]
+    env = {**os.environ, "EVOMERGE_ZOO": str(zoo_root), "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "evomerge", *args, "search.budget=100000"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run / "evaluations.jsonl"
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 200:  # interrupt mid-search, after the first checkpoint
+        if log.exists() and log.read_bytes().count(b"\n") >= 8:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert f"interrupted (Ctrl-C); the last checkpoint in {run} is intact: continue the run with resume={run}" in err
+    done = log.read_bytes().count(b"\n")
+    resumed = run_cli([*args, f"search.budget={done + 6}", "resume=true"], zoo_root, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert log.read_bytes().count(b"\n") == done + 6

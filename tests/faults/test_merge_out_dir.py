@@ -1,0 +1,83 @@
+"""`evomerge-merge CONFIG OUT_DIR` never writes into an input model, and never leaves an old checkpoint's shards
+next to the new weights (through the console script's main, and `python -m evomerge.merge.export`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from evomerge.merge.export import main
+
+pytestmark = pytest.mark.faults
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def models(tmp_path, tiny_llamas):
+    """Private copies of the tiny models (a test that failed must not damage the session's fixtures)."""
+    return {k: shutil.copytree(v, tmp_path / k) for k, v in tiny_llamas.items()}
+
+
+def _linear(tmp_path, m, weight=0.5):
+    cfg = {"merge_method": "linear", "models": [{"model": str(m["a"]), "parameters": {"weight": weight}},
+                                                {"model": str(m["b"]), "parameters": {"weight": 1 - weight}}]}
+    p = tmp_path / f"linear_{weight}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.mark.parametrize("where", ["the input", "inside the input", "containing the input"])
+def test_out_dir_overlapping_an_input_is_refused(tmp_path, models, capsys, where):
+    before = {k: _digest(v) for k, v in models.items()}
+    out = {"the input": models["a"], "inside the input": models["a"] / "merged", "containing the input": tmp_path}[where]
+    for extra in ([], ["--overwrite"]):  # --overwrite never makes an input writable
+        assert main([str(_linear(tmp_path, models)), str(out), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        rel = {"the input": "is", "inside the input": "is inside", "containing the input": "contains"}[where]
+        assert f"OUT_DIR {out} {rel} the folder of input" in err and "Choose an OUT_DIR outside every input" in err
+    assert {k: _digest(v) for k, v in models.items()} == before
+    assert not (models["a"] / "merged").exists()
+
+
+def test_non_empty_out_dir_needs_overwrite_and_then_holds_only_the_new_checkpoint(tmp_path, models, capsys):
+    out = tmp_path / "out"
+    cfg = _linear(tmp_path, models, 0.5)
+    assert main([str(cfg), str(out), "--no-progress", "--shard-size", "20KB"]) == 0  # a sharded export first
+    assert (out / "model.safetensors.index.json").exists()
+    (out / "notes.txt").write_text("mine")
+    before = _digest(out)
+
+    cfg2 = _linear(tmp_path, models, 0.9)
+    assert main([str(cfg2), str(out), "--no-progress"]) == 2
+    assert "is not empty" in capsys.readouterr().err and _digest(out) == before  # refused: nothing touched
+
+    assert main([str(cfg2), str(out), "--no-progress", "--overwrite"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith("model-") or n.endswith(".index.json")], names
+    assert "model.safetensors" in names and (out / "notes.txt").read_text() == "mine"
+    # the weights on disk are 0.9 a + 0.1 b, computed here from the inputs
+    a, b = load_file(models["a"] / "model.safetensors"), load_file(models["b"] / "model.safetensors")
+    written = load_file(out / "model.safetensors")
+    assert set(written) == set(a)
+    for k, v in written.items():
+        torch.testing.assert_close(v, 0.9 * a[k] + 0.1 * b[k], rtol=1e-6, atol=1e-6)
+
+
+def test_module_run_refuses_an_input_as_out_dir(tmp_path, models):
+    before = _digest(models["b"])
+    proc = subprocess.run([sys.executable, "-m", "evomerge.merge.export", str(_linear(tmp_path, models)),
+                           str(models["b"]), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "evomerge-merge: error: OUT_DIR" in proc.stderr, proc.stderr[-2000:]
+    assert _digest(models["b"]) == before
+    assert json.loads((models["b"] / "config.json").read_text())  # still the input's own config
