@@ -39,9 +39,9 @@ def test_jp_math_is_sakanas_setting():
 
 def test_dry_run_prints_the_plan_without_loading(tmp_path, capsys):
     cfg = compose("experiment=jp_math", "dry_run=true")
-    out = run(cfg, tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="6 input"):  # the plan is printed, then the missing inputs fail it
+        run(cfg, tmp_path / "run")
     text = capsys.readouterr().out
-    assert out["dry_run"] is True and text.strip() == out["plan"].strip()
     for name in ("mistralai/Mistral-7B-v0.1", "augmxnt/shisa-gamma-7b-v1", "WizardLM/WizardMath-7B-V1.1",
                  "GAIR/Abel-7B-002", "SakanaAI/gsm8k-ja-test_250-1319", "juletxara/mgsm"):
         assert name in text
@@ -54,7 +54,8 @@ def test_dry_run_prints_the_plan_without_loading(tmp_path, capsys):
 
 def test_per_layer_genome_uses_the_depth_hint(tmp_path, capsys):
     cfg = compose("experiment=jp_math", "dry_run=true", "space.layer_granularity=1")
-    run(cfg, tmp_path / "run")
+    with pytest.raises(FileNotFoundError):
+        run(cfg, tmp_path / "run")
     assert "genome 192 genes (32 layers)" in capsys.readouterr().out  # 32 groups x 3 models x 2
 
 
@@ -92,7 +93,8 @@ def test_dfs_stages_compose_and_plan(stage, tmp_path, capsys):
     cfg = compose(f"experiment={stage}", "dry_run=true", *extra)
     assert cfg["space"]["kind"] == "dfs" and cfg["space"]["repeats"] == 3 and cfg["space"]["scales"] == "matrix"
     assert cfg["optimizer"]["popsize"] == 128 and cfg["search"]["budget"] == 12800
-    run(cfg, tmp_path / "run")
+    with pytest.raises(FileNotFoundError):  # the 7B models are not here: the plan prints, the dry run fails
+        run(cfg, tmp_path / "run")
     text = capsys.readouterr().out
     # 2 models x 32 layers, 3 repeats: T = 192 include genes + a 64 x 64 scaling matrix (Sakana's 4288 genes)
     assert "genome 4288 genes" in text, text
@@ -103,8 +105,8 @@ def test_cli_dry_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evomerge", "experiment=jp_math", "dry_run=true",
                            f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).parent.parent)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "genome 6 genes" in proc.stdout
+    assert proc.returncode == 2, proc.stderr[-2000:]  # the plan, then "6 input(s) missing": a failed dry run
+    assert "genome 6 genes" in proc.stdout and "6 input(s) missing" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "evomerge", "experiment=jp_math", f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 2 and "augmxnt/shisa-gamma-7b-v1" in proc.stderr

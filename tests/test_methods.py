@@ -246,6 +246,74 @@ def test_della_bad_epsilon(trio):
         call("della", base, ex, weight=[1] * 3, density=[0.1] * 3, epsilon=[0.15] * 3)
 
 
+@pytest.fixture
+def tied_trio():
+    """Deltas on a coarse grid (as bf16 deltas are: few distinct magnitudes), with zeros: heavy ties everywhere."""
+    g = torch.Generator().manual_seed(11)
+    base = torch.round(256 * torch.randn(12, 20, generator=g)) / 256  # on a grid too: deltas are exact in float32
+    experts = [base + torch.round(3 * torch.randn(12, 20, generator=g)) / 64 for _ in range(3)]
+    return base, experts
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 0.77])
+def test_ties_keeps_exactly_k_with_ties(tied_trio, density):
+    """mergekit keeps exactly int(density N) entries; ties broken by position as a stable descending sort."""
+    base, ex = tied_trio
+    w = [0.75, 0.5, 0.25]  # exact in float32, so sign elections on exact-zero sums agree with the reference
+    ref = ref_gta(base, ex, w, lambda i, d: ref_topk(d, density), elect=True, normalize=True)
+    close(call("ties", base, ex, weight=w, density=[density] * 3), ref)
+
+
+@pytest.mark.parametrize("density,gamma", [(0.5, 0.05), (0.3, 0.2), (0.8, 0.1)])
+def test_breadcrumbs_keeps_exactly_the_window_with_ties(tied_trio, density, gamma):
+    base, ex = tied_trio
+    w = [0.75, 0.5, 0.25]
+    ref = ref_gta(base, ex, w, lambda i, d: ref_breadcrumbs(d, density, gamma), elect=False, normalize=False)
+    close(call("breadcrumbs", base, ex, weight=w, density=[density] * 3, gamma=[gamma] * 3), ref)
+
+
+class _Memo(dict):
+    def fits(self, nbytes):
+        return True
+
+    def put(self, key, value):
+        self[key] = value
+
+
+@pytest.mark.parametrize("memo", [None, "memo"])
+def test_keep_counts_on_bf16_weights(memo):
+    """Real bf16 deltas (sigma 5e-4): the kept set is exactly the stable-sort top k / breadcrumbs window, with the
+    memo's sorted copy (in-memory search) and without it (export), identically."""
+    import numpy as np
+
+    from evomerge.merge.kernels import abs_delta
+    from evomerge.merge.methods import breadcrumbs_keep, magnitude_keep
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(256, 128, generator=g).to(torch.bfloat16)
+    t = (base.float() + 5e-4 * torch.randn(256, 128, generator=g)).to(torch.bfloat16)
+    a = abs_delta(base, t).numpy()
+    n = a.size
+    assert len(np.unique(a)) < n / 100  # the premise: heavy ties
+
+    def kept(keep):
+        return keep.mask.numpy() > 0 if keep.mask is not None else (a >= keep.lo) & (a <= keep.hi)
+
+    def window(order, lo, hi):
+        m = np.zeros(n, bool)
+        m[order[lo:hi]] = True
+        return m
+
+    for density in (0.1, 0.3, 0.9):
+        k = int(density * n)
+        got = kept(magnitude_keep(base, t, density, _Memo() if memo else None))
+        assert got.sum() == k and (got == window(np.argsort(-a, kind="stable"), 0, k)).all()
+        target, n_top = int(density * n), int(0.05 * n)
+        n_bot = max(0, n - target - n_top)
+        got = kept(breadcrumbs_keep(base, t, density, 0.05, _Memo() if memo else None))
+        assert got.sum() == target and (got == window(np.argsort(a, kind="stable"), n_bot, n_bot + target)).all()
+
+
 @pytest.mark.parametrize("name,elect", [("breadcrumbs", False), ("breadcrumbs_ties", True)])
 @pytest.mark.parametrize("density,gamma", [(0.5, 0.01), (0.6, 0.1), (0.9, 0.2), (0.0, 0.01), (1.0, 0.0)])
 def test_breadcrumbs(trio, name, elect, density, gamma):

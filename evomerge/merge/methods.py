@@ -72,31 +72,79 @@ def _next_up(value: float, dtype: torch.dtype) -> float:
 # `get(key)`, `fits(nbytes)` and `put(key, value)`; export passes None.
 
 
-def _kth_smallest_abs(base, t, ks: list[int], memo, i: int) -> list[float]:
-    """The ks-th smallest |t - base| (1-based): from a sorted copy kept in the memo when it fits there (one integer
-    radix sort, then every candidate's threshold is a lookup), else by selection."""
+def _sorted_abs(base, t, memo, i: int) -> torch.Tensor | None:
+    """The sorted |t - base| kept in the memo (one integer radix sort per search), or None without room for it."""
     sorted_abs = memo.get(("sorted", i)) if memo is not None else None
     if sorted_abs is None and memo is not None and memo.fits(t.numel() * (8 if t.dtype == torch.float64 else 4)):
         a = abs_delta(base, t)
         ints = torch.int64 if a.dtype == torch.float64 else torch.int32
         sorted_abs = a.view(ints).sort().values.view(a.dtype)  # non-negative floats order like their bit patterns
         memo.put(("sorted", i), sorted_abs)
-    if sorted_abs is not None:
-        return [float(sorted_abs[k - 1]) for k in ks]
-    a = abs_delta(base, t)
-    return [float(_kth_smallest(a, k)) for k in ks]
+    return sorted_abs
+
+
+def rank_window_keep(base, t, lo: int, hi: int, memo=None, i: int = 0, ties: str = "ascending") -> Keep:
+    """Keep exactly the entries whose rank by |delta| lies in [lo, hi) (0-based, ascending), as mergekit's index
+    sorts keep exactly int(density * N) entries. bf16 deltas have few distinct magnitudes, so many entries tie at a
+    boundary: ties are split by flat position, as a stable sort would: `ascending` (stable ascending sort, what
+    breadcrumbs' window uses) ranks the lower index first, so at the upper boundary the lower indices stay and at
+    the lower boundary the higher ones; `descending` (a stable descending sort: TIES' top k) keeps the lower indices
+    at the lower boundary. Thresholds come from the memo's sorted copy (a lookup) or by selection; the per-entry
+    mask is built only when ties straddle a boundary."""
+    n = t.numel()
+    if lo <= 0 and hi >= n:
+        return Keep()
+    sorted_abs = _sorted_abs(base, t, memo, i)
+    a = None if sorted_abs is not None else abs_delta(base, t)
+
+    def kth(k):  # the k-th smallest, 1-based
+        return float(sorted_abs[k - 1]) if sorted_abs is not None else float(_kth_smallest(a, k))
+
+    def count(v, strict: bool) -> int:  # entries below v (strict) or at most v
+        if sorted_abs is not None:
+            return int(torch.searchsorted(sorted_abs, torch.tensor([v], dtype=sorted_abs.dtype), right=not strict))
+        return int((a < v).sum()) if strict else int((a <= v).sum())
+
+    v_lo = kth(lo + 1) if lo > 0 else None
+    v_hi = kth(hi) if hi < n else None
+    clean_lo = v_lo is None or (v_lo > 0 and count(v_lo, strict=True) == lo)
+    clean_hi = v_hi is None or count(v_hi, strict=False) == hi
+    if clean_lo and clean_hi:
+        return Keep(lo=0.0 if v_lo is None else v_lo, hi=math.inf if v_hi is None else v_hi)
+    a = abs_delta(base, t) if a is None else a
+    inside = torch.ones_like(a, dtype=torch.bool)
+    if v_lo is not None:
+        inside &= a > v_lo
+    if v_hi is not None:
+        inside &= a < v_hi
+    for v, first, last in _tied_ranges(v_lo, v_hi, lo, hi, count, ties):
+        eq = a == v
+        pos = torch.cumsum(eq, 0, dtype=torch.int64) - 1  # position among the tied entries, by flat index
+        inside |= eq & (pos >= first) & (pos < last)
+    return Keep(mask=inside.to(a.dtype))
+
+
+def _tied_ranges(v_lo, v_hi, lo: int, hi: int, count, ties: str):
+    """(value, first, last): the tied entries at `value` kept are those at positions first..last-1 among them."""
+    out = []
+    for v in dict.fromkeys(x for x in (v_lo, v_hi) if x is not None):
+        below, n_eq = count(v, strict=True), count(v, strict=False) - count(v, strict=True)
+        a, b = max(lo, below) - below, min(hi, below + n_eq) - below  # window ranks held by the tied block
+        if ties == "descending":  # a stable descending sort orders the tied block by index, highest rank first
+            a, b = n_eq - b, n_eq - a
+        out.append((v, a, b))
+    return out
 
 
 def magnitude_keep(base, t, density: float, memo=None, i: int = 0) -> Keep | None:
-    """TIES trim: keep the k = max(1, int(density * numel)) largest |delta| of the tensor (entries equal to the k-th
-    are kept too); None (keep nothing) for density <= 0."""
+    """TIES trim: keep exactly the k = max(1, int(density * numel)) largest |delta| of the tensor (ties at the
+    threshold broken by position, as a stable descending sort keeps the lower indices); None for density <= 0."""
     if density >= 1:
         return Keep()
     if density <= 0:
         return None
     n = t.numel()
-    (tau,) = _kth_smallest_abs(base, t, [n - max(1, int(density * n)) + 1], memo, i)
-    return Keep(lo=tau)
+    return rank_window_keep(base, t, n - max(1, int(density * n)), n, memo, i, ties="descending")
 
 
 def bernoulli_keep(base, t, density: float, generator, memo=None, i: int = 0) -> Keep | None:
@@ -162,18 +210,15 @@ def rank_keep(base, t, density: float, epsilon: float, generator, memo=None, i: 
 
 
 def breadcrumbs_keep(base, t, density: float, gamma: float, memo=None, i: int = 0) -> Keep | None:
-    """Model Breadcrumbs: by |delta| over the tensor, drop the n_bot smallest, keep the next int(density N), drop the
-    rest (the int(gamma N) largest outliers). Small tensors (N < 1/gamma) keep their entries (no a6e4028 bug)."""
+    """Model Breadcrumbs: by |delta| over the tensor, drop the n_bot smallest, keep exactly the next int(density N),
+    drop the rest (the int(gamma N) largest outliers); ties at either edge split by position as mergekit's ascending
+    sort would with a stable sort. Small tensors (N < 1/gamma) keep their entries (no a6e4028 bug)."""
     n = t.numel()
     n_top, target = int(gamma * n), int(density * n)
     n_bot = max(0, n - target - n_top)
     if target <= 0:
         return None
-    ks = ([n_bot] if n_bot > 0 else []) + ([n_bot + target] if n_bot + target < n else [])
-    values = _kth_smallest_abs(base, t, ks, memo, i)
-    lo = _next_up(values[0], work_dtype(base)) if n_bot > 0 else 0.0
-    hi = values[-1] if n_bot + target < n else math.inf
-    return Keep(lo=lo, hi=hi)
+    return rank_window_keep(base, t, n_bot, n_bot + target, memo, i, ties="ascending")
 
 
 def _gta(base, tensors, weight, keep, *, elect: bool, normalize: bool, rescale: bool, lam: float):
