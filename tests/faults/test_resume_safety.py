@@ -22,9 +22,10 @@ from evomerge.store import RunDirError
 
 pytestmark = pytest.mark.faults
 
-from faults.test_lock import _holder  # noqa: E402
 from test_cli import run_cli  # noqa: E402
 from test_search import N_FIT, FakeExecutor, FakeSpace  # noqa: E402
+
+from faults.test_lock import _holder  # noqa: E402
 
 ARGS = ["experiment=digits", "search.budget=6", "optimizer.popsize=6", "threads=1"]
 
