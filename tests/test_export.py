@@ -88,6 +88,11 @@ def test_mergekit_yaml_each_method(tmp_path, m, method):
         assert torch.equal(state[name], src["a"][name].bfloat16())
     else:  # merged: differs from every input
         assert all(not torch.equal(state[name], s[name].bfloat16()) for s in src.values())
+    w = {k: v[name].bfloat16().float() for k, v in src.items()}  # inputs as the bf16 merge sees them
+    by_hand = {"linear": 0.6 * w["a"] + 0.4 * w["b"],
+               "task_arithmetic": w["base"] + 0.8 * (0.5 * (w["a"] - w["base"]) + 0.5 * (w["b"] - w["base"]))}
+    if method in by_hand:  # the definition, computed here: equal up to bf16 rounding of the output
+        torch.testing.assert_close(state[name].float(), by_hand[method].bfloat16().float(), rtol=0, atol=4e-3)
     assert "## Recipe" in (out / "README.md").read_text()
 
 

@@ -153,7 +153,7 @@ def test_cache_is_not_shared_across_evaluator_settings(tmp_path):
     def run(evaluator, ex):
         space = FakeSpace()
         opt = optimizer_pkg.build({"kind": "random", "popsize": 8}, space.xl, space.xu, 1, 0)
-        for name in ("evaluations.jsonl", "checkpoint.pkl", "archive.json"):
+        for name in ("evaluations.jsonl", "checkpoint.json", "archive.json"):
             (tmp_path / name).unlink(missing_ok=True)
         return run_search(space, opt, ex, OBJ1, SearchSettings(budget=16), tmp_path, n_fitness=N_FIT,
                           config={"evaluator": evaluator, "seed": 0})
