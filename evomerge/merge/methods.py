@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from evomerge.merge.kernels import Keep, abs_delta, combine, draws16, l1_norms, lincomb, work_dtype
+from evomerge.merge.kernels import Keep, abs_delta, combine, draws16, l1_norms, lincomb
 from evomerge.merge.registry import register
 
 # ---- shared helpers ----------------------------------------------------------------------------------------------
@@ -59,12 +59,6 @@ def _model_generators(generator: torch.Generator | None, n: int) -> list[torch.G
     if generator is None:
         raise ValueError("a randomised merge method was called without a torch.Generator (pass the recipe seed)")
     return [torch.Generator().manual_seed(s) for s in torch.randint(0, 2**62, (n,), generator=generator).tolist()]
-
-
-def _next_up(value: float, dtype: torch.dtype) -> float:
-    """The next representable value above `value` in `dtype` (|d| > v is |d| >= next_up(v))."""
-    v = torch.tensor(value, dtype=dtype)
-    return float(torch.nextafter(v, torch.tensor(math.inf, dtype=dtype)))
 
 
 # `memo`: an optional dict-like scratch space for one tensor, given by the in-memory merger so that work which does
