@@ -2,8 +2,9 @@
 
 All adapters minimise and work on the space's box [xl, xu]: `ask() -> X (n, dim)`, `tell(X, F (n, n_obj), G)`
 with G the constraint violations (n,) (> 0 = infeasible) or None, `stop()`, and a `popsize` attribute. An optimiser
-is checkpointed by pickling it whole (with numpy's global RNG state, which `cma` uses), so adapters keep all their
-state, including their own generators, as attributes.
+is never pickled: a resume rebuilds it from the config and seed and replays the recorded ask/tell calls
+(evomerge/search/checkpoint.py), so adapters must be deterministic given how they were built and the global RNG
+state (numpy's, which `cma` uses, is restored too), with their own generators seeded at construction.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Several objectives are scalarised, f = sum_k weights[k] * F[k] (all minimised; equal weights by default), and
 the loop says so in the log. Restarts (IPOP: popsize doubles each restart; BIPOP: alternates such large runs with
 small-population runs of smaller step size, giving each regime about the same number of evaluations) start from a
-uniformly random point of the cube and are drawn from this object's own generator, so a pickled optimiser resumes
+uniformly random point of the cube and are drawn from this object's own generator, so a replayed optimiser resumes
 exactly. `cma` draws from numpy's global generator: the loop checkpoints and restores that state too.
 """
 
