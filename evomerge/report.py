@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from evomerge.environment import describe
 from evomerge.logger import progress
 from evomerge.search.objectives import Objective
 from evomerge.store import atomic_write_text
@@ -499,7 +500,10 @@ def summary_markdown(run: Run, files: dict[str, Path]) -> str:
              ("- the search optimised the **fitness** split only; the held-out table below comes from the "
               f"**{split}** split, each row evaluated once" if run.final.get("final") else
               "- no held-out table yet (final.json missing: the run is still going or did not finish); every number "
-              "here is on the **fitness** split"), ""]
+              "here is on the **fitness** split")]
+    if run.final.get("environment"):
+        lines.append(f"- made with: {describe(run.final['environment'])}")
+    lines.append("")
     if run.final.get("final"):
         lines += [f"## Held-out results (`{split}` split)", "", _final_table(run), ""]
     if len(run.objectives) > 1:

@@ -17,8 +17,10 @@ from evomerge import executor as executor_pkg
 from evomerge import logger as logger_pkg
 from evomerge import models as models_pkg
 from evomerge import optimizer as optimizer_pkg
+from evomerge import preconditions as preconditions_pkg
 from evomerge import report
 from evomerge import space as space_pkg
+from evomerge.environment import fingerprint
 from evomerge.executor.worker import Worker
 from evomerge.recipe import Recipe, Rule
 from evomerge.search import objectives as objectives_pkg
@@ -48,6 +50,7 @@ def validate(cfg: dict) -> SearchSettings:
         raise ValueError(f"threads: expected a positive integer (torch CPU threads) or null, found {threads!r}")
     models_pkg.specs(cfg["models"])
     executor_pkg.check(cfg.get("executor"))
+    preconditions_pkg.parse(cfg.get("preconditions"))
     return settings
 
 
@@ -165,6 +168,9 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     available = {m: hib for ev in evaluators for m, hib in ev.higher_is_better().items()}
     objectives = objectives_pkg.parse(search["objectives"], available)
     check_minibatch(search, evaluators)
+    preconds = preconditions_pkg.parse(cfg.get("preconditions"))
+    sources, base = models_pkg.specs(cfg["models"])
+    preconditions_pkg.check(preconds, [s.name for s in [*sources, *([base] if base else [])]], available)
     log.info("loading source models ...")
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"], device=device,
                             progress=lambda name: log.info("  model %s", name))
@@ -178,6 +184,10 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
              space.dim, cfg["optimizer"]["kind"], search["budget"], list(seeds) or "nothing")
 
     worker = Worker(pool, evaluators)
+    preconditions = preconditions_pkg.measure(worker, preconds)
+    if preconditions:
+        (log.info if all(p["ok"] for p in preconditions) else log.warning)(
+            "%s", preconditions_pkg.format_results(preconditions))
     logger = logger_pkg.build(cfg["logger"], run_dir, cfg)
     executor = executor_pkg.build(cfg, worker, pool)  # serial, or Ray actors with their own Worker each
     try:
@@ -212,10 +222,14 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     n_items = evaluators[0].size(split)
     columns = _table_columns(rows, columns)
     table = format_table(rows, columns, split, n_items)
+    if preconditions:
+        table += "\n\n" + preconditions_pkg.format_results(preconditions)
     atomic_write_text(run_dir / "final_table.md", table + "\n")
     summary = {"best": chosen, "final_split": split, "final": rows, "evaluations": len(result.records),
                "evaluated_samples": result.n_samples, "hypervolume": result.hypervolume,
-               "wall_time": time.perf_counter() - t0}
+               "wall_time": time.perf_counter() - t0, "environment": fingerprint(device)}
+    if preconditions:
+        summary["preconditions"] = preconditions
     if selection is not None:
         summary["selection"] = {"split": "validation", "candidates": selection, "best_by_fitness": result.best["id"]}
     if len(objectives) > 1 or search.get("final_pareto"):

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from evomerge.results import provenance, save
 
 TASKS = ["rot90", "mirror", "invert"]
 PER_TASK = "search.objectives=[" + ",".join(f"{{metric: acc/{t}, direction: max}}" for t in TASKS) + "]"
@@ -122,16 +122,13 @@ def main() -> None:
     nsga = searched(["optimizer=nsga2", budget, PER_TASK], zoo, runs, args.seeds, "nsga2")
     wall = time.perf_counter() - t0
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", __file__], capture_output=True, text=True).stdout
-    if dirty.strip():
-        commit += " + this script uncommitted (committed right after this run)"
-    cmd = "python " + " ".join(sys.argv)
+    cmd = "python experiments/digits_table.py " + " ".join(
+        [f"--seeds {' '.join(map(str, args.seeds))}", f"--budget {args.budget}"])
+    header, facts = provenance(cmd, zoo / "digits")
+    numbers = {}
     lines = [
-        "# Digits multi-task table (FusionBench-style)", "",
-        f"Command: `{cmd}`  ",
-        f"Commit: `{commit}`  ",
-        f"Wall time: {wall:.0f} s on 2 shared CPU cores, torch threads = 1", "",
+        "# Digits multi-task table (FusionBench-style)", "", *header,
+        f"Wall time: {wall:.0f} s on 2 shared CPU cores", "",
         f"Accuracy on the **test** split ({sizes['n_test']} images per task). Lambdas tuned on the full validation "
         f"split ({sizes['n_val']} per task); searches score fitness on a {sizes['n_fitness']}-image subsample of "
         f"validation per task (seeded by the run seed). Searched rows: mean over seeds {args.seeds} "
@@ -141,20 +138,23 @@ def main() -> None:
         "|---|" + "---|" * (len(TASKS) + 2),
     ]
     for label, a, note in rows:
+        key = label.split(" (")[0]
+        numbers |= {f"{key}/{t}": float(x) for t, x in zip([*TASKS, "average"], [*a, np.mean(a)], strict=True)}
         lines.append(f"| {label} | " + " | ".join(f"{x:.3f}" for x in a) + f" | {np.mean(a):.3f} | {note} |")
     for label, per_seed in ((f"evolved per-layer PS, CMA-ES (budget {args.budget})", cma),
                             (f"NSGA-II best-average Pareto member (budget {args.budget}, 3 objectives)", nsga)):
         arr = np.asarray(per_seed)
         cols = [*arr.T, arr.mean(1)]
         cells = []
-        for c in cols:
+        for t, c in zip([*TASKS, "average"], cols, strict=True):
             lo, hi = bootstrap_ci(list(c))
             cells.append(f"{c.mean():.3f} [{lo:.3f}, {hi:.3f}]")
+            numbers[f"{label.split(' (')[0].split(',')[0]}/{t}"] = (float(c.mean()), lo, hi)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(per_seed)} seeds |")
     lines += ["", "Per-seed test averages: CMA-ES " + ", ".join(f"{np.mean(a):.3f}" for a in cma)
               + "; NSGA-II " + ", ".join(f"{np.mean(a):.3f}" for a in nsga) + "."]
     text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
+    save(args.out, text, numbers, facts | {"seeds": args.seeds, "budget": args.budget})
     print(text)
 
 

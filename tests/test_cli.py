@@ -23,8 +23,10 @@ def run_cli(args: list[str], zoo: Path, out: Path, timeout: int = 300) -> subpro
 @pytest.mark.slow
 def test_digits_end_to_end(tmp_path, zoo_root, digits_zoo):
     out = tmp_path / "out"
-    proc = run_cli(["experiment=digits", "search.budget=24", "optimizer.popsize=6", f"hydra.run.dir={out}"],
-                   zoo_root, out)
+    preconds = ("preconditions=[{model: rot90, metric: acc/rot90, at_least: 0.5, split: test},"
+                "{model: mirror, metric: acc/rot90, at_least: 0.99, split: test}]")
+    proc = run_cli(["experiment=digits", "search.budget=24", "optimizer.popsize=6", preconds,
+                    f"hydra.run.dir={out}"], zoo_root, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in [".hydra/config.yaml", "evaluations.jsonl", "best_recipe.yaml", "final_table.md", "final.json",
                  "best_model/config.json", "best_model/model.safetensors"]:
@@ -40,6 +42,19 @@ def test_digits_end_to_end(tmp_path, zoo_root, digits_zoo):
     rows = {r["model"]: r["metrics"] for r in final["final"]}
     assert set(rows) == {"base (base)", "rot90", "mirror", "invert", "plain average", "evolved (best)"}
     assert "| evolved (best) |" in proc.stdout and "Held-out `test` split" in proc.stdout
+    # Preconditions are measured on the named split: the same numbers as the table's rows for those models.
+    pre = final["preconditions"]
+    assert [p["ok"] for p in pre] == [True, False]
+    assert pre[0]["value"] == pytest.approx(rows["rot90"]["acc/rot90"])
+    assert pre[1]["value"] == pytest.approx(rows["mirror"]["acc/rot90"]) and pre[1]["value"] < 0.99
+    table = (out / "final_table.md").read_text()
+    assert "rot90 acc/rot90 on test" in table and "FAILS" in table and "WARNING: a precondition fails" in table
+    # The environment the numbers were made in travels with them.
+    import torch
+
+    env = final["environment"]
+    assert env["packages"]["torch"] == torch.__version__ and env["device"] == "cpu" and env["torch_threads"] >= 1
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # The saved model reloads and reproduces the evolved row of the table.
     from evomerge.evaluator.vision import VisionEvaluator
     from evomerge.zoo.digits import DigitsCNN
@@ -94,6 +109,12 @@ def test_help_and_cfg_job(tmp_path, zoo_root):
     (["optimizer.popsize=0"], "optimizer.popsize: expected a positive integer"),
     (["threads=0"], "threads: expected a positive integer"),
     (["search.objectives=[{metric: acc/nope}]"], "search.objectives[0].metric: 'acc/nope' is produced by no evaluator"),
+    (["preconditions=[{model: nope, metric: acc/rot90, at_least: 0.5}]"],
+     "preconditions[0].model: 'nope' is not a model of the pool"),
+    (["preconditions=[{model: rot90, metric: acc/nope, at_least: 0.5}]"],
+     "preconditions[0].metric: 'acc/nope' is not a metric"),
+    (["preconditions=[{model: rot90, metric: acc/rot90, at_least: high}]"],
+     "preconditions[0].at_least: expected a number"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, zoo_root, digits_zoo, args, expected):
     proc = run_cli(args + [f"hydra.run.dir={tmp_path / 'run'}"], zoo_root, tmp_path)

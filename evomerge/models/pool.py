@@ -135,7 +135,10 @@ def check_compatible(state: dict[str, dict[str, Any]], vocab_tensors: tuple[str,
     """
     names = list(state)
     ref_name, ref = names[0], state[names[0]]
-    shape = (lambda v: tuple(v.shape) if hasattr(v, "shape") else tuple(v))
+
+    def shape(v):
+        return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
     for other in names[1:]:
         sd = state[other]
         missing, extra = sorted(set(ref) - set(sd)), sorted(set(sd) - set(ref))

@@ -59,7 +59,9 @@ def is_built(root: Path, name: str, spec: dict, version: int) -> bool:
 
 
 def mark_built(root: Path, spec: dict, version: int, **extra) -> None:
-    """Write `root/zoo.json`, last: from now on `is_built` reuses the zoo."""
+    """Write `root/zoo.json`, last: from now on `is_built` reuses the zoo. It records the environment the zoo was
+    trained in, since the same seed gives different weights on another stack."""
+    from evomerge.environment import fingerprint
     from evomerge.store import atomic_write_json
 
-    atomic_write_json(root / "zoo.json", {"version": version, "spec": spec, **extra})
+    atomic_write_json(root / "zoo.json", {"version": version, "spec": spec, "environment": fingerprint(), **extra})

@@ -167,5 +167,5 @@ def build(root: str | Path, seed: int = 0, **overrides) -> Path:
         (root / "tasks").mkdir(exist_ok=True)
         write_jsonl(path, rows)
         atomic_write_text(root / "tasks" / f"smol_arith_{split}.yaml", task_yaml(f"smol_arith_{split}", path))
-    mark_built(root, spec, VERSION, python=sys.version.split()[0])
+    mark_built(root, spec, VERSION)
     return root

@@ -4,9 +4,12 @@ Rows: the two experts (and the base), then each evolved stage; columns: the targ
 Japanese answer, Sakana's MGSM-JA column), its number and format parts, and the Japanese general task (Sakana's
 JP-LMEH column), all on the held-out test split. Evolved rows give the mean over seeds and a 95% bootstrap interval
 (percentile, 10,000 resamples of the seeds: it covers seed-to-seed variation only, not the sampling noise of the
-test items, whose standard error the script prints next to it); source rows are deterministic. The zoo is built once (zoo seed 0).
+test items, whose standard error the script prints next to it); source rows are deterministic. The zoo is built once
+per zoo seed (`--zoo-seed`, default 0) under `$EVOMERGE_ZOO/zoo_seed<k>`. Writes the table (`--out`) and its numbers
+(same name, `.json`) for `experiments/regenerate.py`.
 
     python experiments/jp_math_mini/table1.py --seeds 0,1,2 --out experiments/jp_math_mini/table1.md
+    python experiments/jp_math_mini/table1.py --zoo-seed 1 --runs /tmp/t1_zoo1 --out experiments/jp_math_mini/table1_zoo1.md
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from evomerge.offline import set_offline_env
+from evomerge.results import provenance, save
 
 TARGET = "jp_math/acc_ja"
 EXPERIMENTS = {"ps": "jp_math_mini", "dfs": "jp_math_mini_dfs", "psdfs": "jp_math_mini_psdfs"}
@@ -97,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="experiments/jp_math_mini/table1.md")
     ap.add_argument("--runs", default="experiments/jp_math_mini/runs", help="run directories go here")
     ap.add_argument("--stages", default="ps,dfs,psdfs")
+    ap.add_argument("--zoo-seed", type=int, default=0, help="the jp_mini zoo's seed (its data and training)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. search.budget=60")
     args = ap.parse_args(argv)
     import torch
@@ -112,6 +117,9 @@ def main(argv=None) -> int:
     evolved: dict[str, list[dict]] = {s: [] for s in stages}
     budgets: dict[str, set] = {s: set() for s in stages}
     cfgs: dict[tuple[str, int], dict] = {}
+    # each zoo seed has its own folder: a zoo of another seed in the same folder would be rebuilt over it
+    zoo_root = Path(compose(EXPERIMENTS["ps"], [])["paths"]["zoo"]).expanduser() / f"zoo_seed{args.zoo_seed}"
+    zoo = [f"models.zoo_seed={args.zoo_seed}", f"paths.zoo={zoo_root}"]
     for seed in seeds:
         for stage in stages:
             experiment = EXPERIMENTS[stage]
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
                                  f"({runs / f'ps_seed{seed}'}); put ps before psdfs in --stages")
             run_dir = runs / f"{stage}_seed{seed}"
             final = run_dir / "final.json"
-            cfg = cfgs[stage, seed] = compose(experiment, [f"seed={seed}", *extra, *args.overrides])
+            cfg = cfgs[stage, seed] = compose(experiment, [f"seed={seed}", *zoo, *extra, *args.overrides])
             if not final.exists():  # finished runs are reused, so the script can be resumed
                 run(cfg, run_dir)
             done = json.loads(final.read_text())
@@ -168,11 +176,16 @@ def main(argv=None) -> int:
                      + ("**Beats both experts** (every interval above 0)." if beats
                         else "Does NOT beat both experts (an interval includes or is below 0)."))
     cmd = "python experiments/jp_math_mini/table1.py " + " ".join(
-        [f"--seeds {args.seeds}", f"--stages {args.stages}", *args.overrides])
-    lines += ["", f"Command: `{cmd}` ({minutes:.1f} min wall, runs found in {args.runs} reused; zoo cached)."]
+        [f"--seeds {args.seeds}", f"--stages {args.stages}", f"--zoo-seed {args.zoo_seed}", *args.overrides])
+    header, facts = provenance(cmd, zoo_root / "jp_mini")
+    lines = [f"# jp_math_mini: Sakana's Table 1 in miniature (zoo seed {args.zoo_seed})", "", *header,
+             f"Wall time: {minutes:.1f} min (runs found in {args.runs} are reused)", "", *lines]
+    numbers = {f"{name}/{k}": m[k] for name, m in sources.items() for k, _ in COLUMNS}
+    for stage in stages:
+        numbers |= {f"{LABEL[stage]}/{k}": bootstrap([m[k] for m in evolved[stage]]) for k, _ in COLUMNS}
     text = "\n".join(lines)
     print(text)
-    Path(args.out).write_text(text + "\n")
+    save(args.out, text, numbers, facts | {"zoo_seed": args.zoo_seed, "seeds": seeds})
     return 0
 
 
