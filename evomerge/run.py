@@ -48,6 +48,13 @@ def validate(cfg: dict) -> SearchSettings:
     threads = cfg.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads: expected a positive integer (torch CPU threads) or null, found {threads!r}")
+    split = cfg.get("final_split", "test")
+    if split not in ("fitness", "validation", "test"):
+        raise ValueError(f"final_split: expected fitness, validation or test (the split of the held-out table), "
+                         f"found {split!r}")
+    shown = cfg.get("report_metrics")
+    if shown is not None and (not isinstance(shown, list) or not all(isinstance(m, str) for m in shown)):
+        raise ValueError(f"report_metrics: expected a list of metric names or null, found {shown!r}")
     models_pkg.specs(cfg["models"])
     executor_pkg.check(cfg.get("executor"))
     preconditions_pkg.parse(cfg.get("preconditions"))
@@ -167,6 +174,9 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
                                       seed=seed, device=device)
     available = {m: hib for ev in evaluators for m, hib in ev.higher_is_better().items()}
     objectives = objectives_pkg.parse(search["objectives"], available)
+    unknown = [m for m in cfg.get("report_metrics") or [] if m not in available]
+    if unknown:
+        raise ValueError(f"report_metrics: {unknown} produced by no evaluator; available: {sorted(available)}")
     check_minibatch(search, evaluators)
     preconds = preconditions_pkg.parse(cfg.get("preconditions"))
     sources, base = models_pkg.specs(cfg["models"])

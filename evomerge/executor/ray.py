@@ -125,6 +125,7 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
         init_local(**kwargs)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError) as e:
@@ -134,6 +135,29 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
                 f"executor.address=null to start a local Ray instance."
             ) from e
     _owner = True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must resolve and accept a TCP connection within seconds: Ray itself
+    retries an unresolvable GCS address for many minutes before it gives up."""
+    import socket
+
+    if address in ("auto", "local") or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"executor.address={address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except socket.gaierror as e:
+        raise RuntimeError(f"executor.address={address!r}: the host {host!r} does not resolve ({e.strerror}); "
+                           "check the name, or set executor.address=null to start a local Ray instance") from None
+    except OSError as e:
+        raise RuntimeError(f"executor.address={address!r}: nothing accepts connections at {host}:{port} "
+                           f"({e.strerror or e}); start the cluster with `ray start --head`, or set "
+                           "executor.address=null to start a local Ray instance") from None
 
 
 def disconnect() -> None:

@@ -10,6 +10,7 @@ an index, config.json (layer count patched for stacked layers), generation confi
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -63,6 +64,14 @@ def check_out_dir(out_dir: Path, inputs: dict[str, Path], overwrite: bool) -> No
         raise ExportError(f"OUT_DIR {out_dir} is not empty ({len(entries)} entries, e.g. {entries[:3]}); choose an "
                           f"empty folder, or pass --overwrite to replace the checkpoint files in it (weights, "
                           f"index, config.json, tokenizer files, README.md; other files are kept)")
+    try:  # a read-only or full location fails here, before any model is read
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".evomerge_write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ExportError(f"OUT_DIR {out_dir} cannot be written ({e.strerror or e}); expected a folder this process "
+                          "can create files in (check permissions and free disk space)") from None
 
 
 def clear_checkpoint_files(out_dir: Path) -> None:
@@ -80,9 +89,12 @@ def _parse_size(text: str) -> int:
     t = str(text).strip().upper().removesuffix("B")
     mult = {"K": 1e3, "M": 1e6, "G": 1e9}.get(t[-1:], 1)
     try:
-        return int(float(t[:-1] if t[-1:] in "KMG" else t) * mult)
+        size = int(float(t[:-1] if t[-1:] in "KMG" else t) * mult)
     except ValueError:
         raise ExportError(f"--shard-size: expected a size like 2GB or 500MB, found {text!r}") from None
+    if size <= 0:
+        raise ExportError(f"--shard-size: expected a positive size like 2GB or 500MB, found {text!r}")
+    return size
 
 
 def _open(ref: str, where: str) -> LazyCheckpoint:
@@ -178,7 +190,11 @@ class ShardWriter:
         if not self.buffer:
             return
         tmp = self.out_dir / f".shard-{len(self.files):05d}.tmp"
-        save_file(self.buffer, str(tmp), metadata={"format": "pt"})
+        try:
+            save_file(self.buffer, str(tmp), metadata={"format": "pt"})
+        except Exception as e:  # safetensors reports a full disk as SafetensorError("... No space left ...")
+            tmp.unlink(missing_ok=True)
+            raise OSError(getattr(e, "errno", None) or errno.EIO, f"cannot write a shard ({e})", str(tmp)) from None
         self.files.append((tmp, list(self.buffer)))
         self.buffer, self.size = {}, 0
 
@@ -454,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
                      progress=not args.no_progress, compile=args.compile, overwrite=args.overwrite)
     except (ExportError, MergeError, ValueError, FileNotFoundError) as e:
         print(f"evomerge-merge: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk filled, or the folder vanished, while reading or writing
+        where = e.filename or args.out_dir
+        writing = Path(where).expanduser().resolve().is_relative_to(Path(args.out_dir).expanduser().resolve())
+        print(f"evomerge-merge: error: {where}: {e.strerror or e}" + (
+            "; the inputs are untouched and the output is incomplete. Free disk space (or choose another OUT_DIR) "
+            "and run the same command with --overwrite" if writing else ""), file=sys.stderr)
         return 2
     print(f"evomerge-merge: wrote {out}")
     return 0

@@ -47,9 +47,9 @@ class Method:
                 raise ValueError(f"{where}: method '{self.name}' needs per-model '{key}'")
             else:
                 kwargs[key] = [default] * n
-            if key in FRACTIONS and not all(0.0 <= v <= 1.0 for v in kwargs[key]):
-                raise ValueError(f"{where}: per-model '{key}' of method '{self.name}' is a fraction of the weights "
-                                 f"kept; expected values in [0, 1], found {kwargs[key]}")
+            if key in DOMAINS and not all(DOMAINS[key][0] <= v <= DOMAINS[key][1] for v in kwargs[key]):
+                raise ValueError(f"{where}: per-model '{key}' of method '{self.name}' is {DOMAIN_WHY[key]}; "
+                                 f"expected values in [{DOMAINS[key][0]:g}, {DOMAINS[key][1]:g}], found {kwargs[key]}")
         for key, default in self.params.items():
             if key in params:
                 kwargs[key] = _typed(params[key], default, f"{where}: method '{self.name}' global '{key}'")
@@ -60,7 +60,10 @@ class Method:
         return kwargs
 
 
-FRACTIONS = ("density",)  # per-model parameters that only make sense in [0, 1]
+# Per-model parameters that only make sense in a range (checked per call, and against a search space's bounds
+# before a search starts, so a bad bound fails once instead of candidate by candidate).
+DOMAINS = {"density": (0.0, 1.0), "gamma": (0.0, 1.0)}
+DOMAIN_WHY = {"density": "a fraction of the weights kept", "gamma": "a fraction of the largest weights dropped"}
 
 
 def _typed(value: Any, default: Any, where: str) -> Any:

@@ -82,7 +82,7 @@ class PSSpace(GeneBox):
         self._set_bounds()
 
     def _check(self) -> None:
-        from evomerge.merge.registry import get_method
+        from evomerge.merge.registry import DOMAIN_WHY, DOMAINS, get_method
 
         where = "space"
         if self.layer_granularity < 0:
@@ -119,6 +119,20 @@ class PSSpace(GeneBox):
         for p, (lo, hi) in {**self.searched, **self.searched_global}.items():
             if not lo <= hi:
                 raise ValueError(f"{where}.searched.{p}: bounds [{lo}, {hi}] are not ordered low <= high")
+        for kind, values in (("searched", self.searched), ("fixed_per_model", self.fixed_per_model)):
+            for p, v in values.items():
+                lo, hi = v if isinstance(v, tuple) else (v, v)
+                if p in DOMAINS and not DOMAINS[p][0] <= lo <= hi <= DOMAINS[p][1]:
+                    d_lo, d_hi = DOMAINS[p]
+                    raise ValueError(f"{where}.{kind}.{p}: {list(v) if isinstance(v, tuple) else v} leaves the "
+                                     f"parameter's domain [{d_lo:g}, {d_hi:g}] ({DOMAIN_WHY[p]}); every candidate "
+                                     "outside it would fail")
+        if not self.searched and not self.searched_global and len(self.methods) == 1:
+            raise ValueError(f"{where}: nothing to search (searched: {{}}, searched_global: {{}}, one method "
+                             f"{self.methods[0]!r}), so the genome has no genes. Set space.searched, e.g. "
+                             "space.searched='{weight: [0.0, 1.0]}'. Note that Hydra merges a dict override into "
+                             "the default (space.searched={} changes nothing); to replace the default use "
+                             "~space.searched '+space.searched={density: [0.1, 1.0]}'")
         if "weight" in self.searched:
             lo, hi = self.searched["weight"]
             if self.allow_negative_weights and lo >= 0:

@@ -81,3 +81,35 @@ def test_module_run_refuses_an_input_as_out_dir(tmp_path, models):
     assert proc.returncode == 2 and "evomerge-merge: error: OUT_DIR" in proc.stderr, proc.stderr[-2000:]
     assert _digest(models["b"]) == before
     assert json.loads((models["b"] / "config.json").read_text())  # still the input's own config
+
+
+def test_unwritable_out_dir_is_refused_before_any_model_is_read(tmp_path, models, capsys):
+    out = "/proc/evomerge_cannot_exist/out"  # no process may create folders in /proc, root included
+    assert main([str(_linear(tmp_path, models)), out, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"OUT_DIR {out} cannot be written" in err and "check permissions and free disk space" in err
+
+
+@pytest.mark.parametrize("size", ["0", "-5MB"])
+def test_shard_size_must_be_positive(tmp_path, models, capsys, size):
+    assert main([str(_linear(tmp_path, models)), str(tmp_path / "out"), "--no-progress", f"--shard-size={size}"]) == 2
+    assert "--shard-size: expected a positive size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_disk_filling_during_the_export_is_one_message(tmp_path, models, capsys, monkeypatch):
+    """safetensors reports ENOSPC as a SafetensorError; the user gets the file, the reason and how to go on."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: \"No space left on device\" })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "out"
+    assert main([str(_linear(tmp_path, models)), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "inputs are untouched" in err and "--overwrite" in err
+    assert "Traceback" not in err
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))  # no half-written shard is left
