@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import logging
+import tempfile
 import math
 import shutil
 import sys
@@ -64,11 +65,12 @@ def check_out_dir(out_dir: Path, inputs: dict[str, Path], overwrite: bool) -> No
         raise ExportError(f"OUT_DIR {out_dir} is not empty ({len(entries)} entries, e.g. {entries[:3]}); choose an "
                           f"empty folder, or pass --overwrite to replace the checkpoint files in it (weights, "
                           f"index, config.json, tokenizer files, README.md; other files are kept)")
-    try:  # a read-only or full location fails here, before any model is read
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".evomerge_write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+    try:  # a read-only or full location fails here, before any model is read; nothing is created yet
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a parent is a file", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
     except OSError as e:
         raise ExportError(f"OUT_DIR {out_dir} cannot be written ({e.strerror or e}); expected a folder this process "
                           "can create files in (check permissions and free disk space)") from None
