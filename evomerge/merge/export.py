@@ -13,10 +13,10 @@ import argparse
 import errno
 import json
 import logging
-import tempfile
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
