@@ -57,8 +57,29 @@ def _interrupted(hint: str = "") -> None:
     raise SystemExit(130) from None
 
 
+def _check_output_folder(argv: list[str]) -> None:
+    """Hydra creates the run directory before evomerge runs, and reports a failure there with a traceback: check the
+    folder it will create first (the `hydra.run.dir` override, else the outputs folder), creating nothing."""
+    import os
+
+    from evomerge.store import RunDirError, check_creatable
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(key)]
+    folder = given[-1].split("${")[0] if given else os.environ.get("EVOMERGE_OUTPUTS") or (
+        "multirun" if multirun else "outputs")
+    try:
+        check_creatable(folder or ".", "run directory")
+    except RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
     try:
+        if not any(a in ("-h", "--help", "--cfg", "-c", "--info") for a in sys.argv[1:]):
+            _check_output_folder(sys.argv[1:])
         _app()
     except KeyboardInterrupt:  # before the run started (imports, Hydra's config composition)
         _interrupted()

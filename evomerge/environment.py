@@ -8,7 +8,6 @@ what changed when a regenerated number does not match.
 from __future__ import annotations
 
 import platform
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -44,18 +43,28 @@ def _cpu() -> tuple[str, list[str]]:
 
 
 def git_commit(root: Path | None = None) -> str | None:
-    """Short commit of the checkout evomerge runs from, with '+dirty' when tracked files differ; None outside git."""
-    root = root or Path(__file__).resolve().parent.parent
+    """Short commit of the checkout evomerge runs from (read from .git, no git process); None outside a checkout.
+    Uncommitted changes are not detected: tables made for the README are made from a clean checkout."""
+    git = (root or Path(__file__).resolve().parent.parent) / ".git"
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
+        if git.is_file():  # a worktree: "gitdir: PATH"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head[:7]
+        ref = head.split(":", 1)[1].strip()
+        common = Path((git / "commondir").read_text().strip()) if (git / "commondir").exists() else None
+        for d in (git, (git / common) if common else None):
+            if d is not None and (d / ref).exists():
+                return (d / ref).read_text().strip()[:7]
+            packed = d / "packed-refs" if d is not None else None
+            if packed is not None and packed.exists():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0][:7]
+    except (OSError, IndexError):
         return None
+    return None
 
 
 def fingerprint(device: str = "cpu") -> dict:

@@ -68,6 +68,21 @@ def check_writable(run_dir: str | Path) -> None:
                           f"process can create files in (check permissions and free disk space)") from None
 
 
+def check_creatable(path: str | Path, what: str) -> None:
+    """Fail if `path` could not be created: its nearest existing ancestor must be a folder this process can create
+    files in. Creates nothing (a refused command leaves no empty folder behind)."""
+    path = Path(path).expanduser().absolute()
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise RunDirError(f"{what} {path} cannot be created or written ({e.strerror or e}); expected a folder this "
+                          "process can create files in (check permissions and free disk space)") from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, then rename: readers never see half a file."""
     path = Path(path)

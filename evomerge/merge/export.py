@@ -16,7 +16,6 @@ import logging
 import math
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from evomerge.merge.merger import MergeError, plan_tensor, run_method
 from evomerge.models.arch import ArchMap, arch_for
 from evomerge.models.pool import LazyCheckpoint, check_compatible, resolve_path, vocab_tensor_names
 from evomerge.recipe import Recipe
+from evomerge.store import RunDirError, check_creatable
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,9 @@ def check_out_dir(out_dir: Path, inputs: dict[str, Path], overwrite: bool) -> No
                           f"empty folder, or pass --overwrite to replace the checkpoint files in it (weights, "
                           f"index, config.json, tokenizer files, README.md; other files are kept)")
     try:  # a read-only or full location fails here, before any model is read; nothing is created yet
-        existing = next(p for p in (out, *out.parents) if p.exists())
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "a parent is a file", str(existing))
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise ExportError(f"OUT_DIR {out_dir} cannot be written ({e.strerror or e}); expected a folder this process "
-                          "can create files in (check permissions and free disk space)") from None
+        check_creatable(out, "OUT_DIR")
+    except RunDirError as e:
+        raise ExportError(str(e).replace(str(out), str(out_dir), 1)) from None
 
 
 def clear_checkpoint_files(out_dir: Path) -> None:

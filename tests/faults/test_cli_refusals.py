@@ -67,3 +67,28 @@ def test_ctrl_c_stops_without_a_traceback_and_says_how_to_resume(tmp_path, zoo_r
     resumed = run_cli([*args, f"search.budget={done + 6}", "resume=true"], zoo_root, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert log.read_bytes().count(b"\n") == done + 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["space.searched=null"], "space: nothing to search (searched: {}, searched_global: {}"),
+    (["space.method=ties", "++space.searched.density=[0.2,1.7]"],
+     "space.searched.density: [0.2, 1.7] leaves the parameter's domain [0, 1] (a fraction of the weights kept)"),
+    (["report_metrics=[acc/nope]"], "report_metrics: ['acc/nope'] produced by no evaluator"),
+    (["final_split=tset"], "final_split: expected fitness, validation or test"),
+])
+def test_settings_that_would_fail_after_the_search_are_refused_first(tmp_path, zoo_root, digits_zoo, args, message):
+    proc = run_cli(["experiment=digits", *args, f"hydra.run.dir={tmp_path / 'run'}"], zoo_root, tmp_path)
+    _refused(proc, message)
+
+
+def test_an_unresolvable_ray_address_fails_in_seconds(tmp_path, zoo_root, digits_zoo):
+    t0 = time.monotonic()
+    proc = run_cli(["experiment=digits", "executor=ray", "executor.address=nohost.invalid:6379",
+                    f"hydra.run.dir={tmp_path / 'run'}"], zoo_root, tmp_path, timeout=120)
+    _refused(proc, "executor.address='nohost.invalid:6379': the host 'nohost.invalid' does not resolve")
+    assert time.monotonic() - t0 < 60  # Ray alone retried for 826 s
+
+
+def test_an_unwritable_run_directory_is_one_message(tmp_path, zoo_root, digits_zoo):
+    proc = run_cli(["experiment=digits", "hydra.run.dir=/proc/evomerge_cannot_exist/run"], zoo_root, tmp_path)
+    _refused(proc, "run directory /proc/evomerge_cannot_exist/run cannot be created or written")
