@@ -7,12 +7,13 @@ reported in seconds rather than after minutes of loading the other models.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from evomerge.models.pool import read_config
 
 DATA_KEYS = ("fitness", "validation", "test")
 
@@ -30,14 +31,14 @@ def model_config(path: str) -> tuple[str, dict | None]:
     p = Path(path).expanduser()
     if p.exists():
         cfg = p / "config.json"
-        return "local", (json.loads(cfg.read_text()) if cfg.exists() else None)
+        return "local", (read_config(cfg) if cfg.exists() else None)
     if not _hub_id(path):
         return "missing", None
     from huggingface_hub import try_to_load_from_cache
 
     hit = try_to_load_from_cache(path, "config.json")
     if isinstance(hit, str):
-        return "hub cache", json.loads(Path(hit).read_text())
+        return "hub cache", read_config(Path(hit), path)
     return ("missing (hub offline)" if _offline() else "hub"), None
 
 

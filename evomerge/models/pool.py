@@ -63,6 +63,19 @@ class ModelPool:
         return out
 
 
+
+def read_config(path: Path, model: str | None = None) -> dict:
+    """A model's config.json, or an error naming the file (an empty or truncated file is common after a failed copy)."""
+    what = f" of model {model!r}" if model else ""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}{what}: not a readable config.json ({e}); expected the JSON object a Hugging Face "
+                         "checkpoint folder holds (re-copy or re-download the model)") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}{what}: config.json holds a {type(cfg).__name__}, expected a JSON object")
+    return cfg
+
 def resolve_path(path: str) -> Path:
     return Path(path).expanduser()
 
@@ -101,10 +114,7 @@ def load_model(path: str, dtype: torch.dtype | None = None, trust_remote_code: b
     cfg_file = p / "config.json"
     arch = None
     if cfg_file.exists():
-        try:
-            arch = (json.loads(cfg_file.read_text()).get("architectures") or [None])[0]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file}: corrupt config.json ({e})") from e
+        arch = (read_config(cfg_file).get("architectures") or [None])[0]
     if arch in LOCAL_ARCHITECTURES:
         module, cls = LOCAL_ARCHITECTURES[arch].split(":")
         return getattr(importlib.import_module(module), cls).from_pretrained(p)
@@ -197,7 +207,7 @@ class LazyCheckpoint:
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: not a model folder")
         cfg = self.path / "config.json"
-        self.config = json.loads(cfg.read_text()) if cfg.exists() else {}
+        self.config = read_config(cfg) if cfg.exists() else {}
         self._files: dict[str, Any] = {}
         self.where: dict[str, str] = {}  # tensor name -> file
         index = self.path / "model.safetensors.index.json"
@@ -267,7 +277,7 @@ def check_configs_compatible(paths: dict[str, str]) -> None:
     for name, p in paths.items():
         f = resolve_path(p) / "config.json"
         if f.exists():
-            cfgs[name] = json.loads(f.read_text())
+            cfgs[name] = read_config(f, name)
     if len(cfgs) < 2:
         return
     (ref, rc), *others = cfgs.items()
@@ -362,7 +372,7 @@ def _arch_from_config(path: str) -> ArchMap | None:
     cfg = resolve_path(path) / "config.json"
     if not cfg.exists():
         return None
-    archs = json.loads(cfg.read_text()).get("architectures") or []
+    archs = read_config(cfg).get("architectures") or []
     try:
         return arch_for(archs[0]) if archs else None
     except ValueError:

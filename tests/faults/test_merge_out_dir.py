@@ -113,3 +113,12 @@ def test_a_disk_filling_during_the_export_is_one_message(tmp_path, models, capsy
     assert "No space left on device" in err and "inputs are untouched" in err and "--overwrite" in err
     assert "Traceback" not in err
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))  # no half-written shard is left
+
+
+@pytest.mark.parametrize("content", ["", "{\"model_type\": \"llama\", ", "[1, 2]"])
+def test_a_corrupt_config_json_names_the_file(tmp_path, models, capsys, content):
+    (models["b"] / "config.json").write_text(content)
+    assert main([str(_linear(tmp_path, models)), str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(models["b"] / "config.json") in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
