@@ -43,10 +43,14 @@ class Rule:
     def from_dict(cls, d: dict, where: str = "rule") -> Rule:
         if "method" not in d:
             raise ValueError(f"{where}: missing 'method' (found keys {sorted(d)})")
-        per_model = {k: [float(x) for x in v] for k, v in d.items() if k not in ("method", "params")}
+        per_model = {}
         for k, v in d.items():
-            if k not in ("method", "params") and not isinstance(v, list):
-                raise ValueError(f"{where}.{k}: expected a list with one value per model, found {v!r}")
+            if k in ("method", "params"):
+                continue
+            if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise ValueError(f"{where}.{k}: expected a list with one number per model (per-model parameters sit "
+                                 f"beside 'method', global ones under 'params'), found {v!r}")
+            per_model[k] = [float(x) for x in v]
         return cls(method=str(d["method"]), per_model=per_model, params=dict(d.get("params") or {}))
 
 

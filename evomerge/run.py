@@ -39,8 +39,15 @@ def validate(cfg: dict) -> SearchSettings:
         raise ValueError(f"optimizer.popsize: expected a positive integer, at least {least} for optimizer.kind="
                          f"{opt.get('kind')}; found {pop!r}")
     check_device(cfg.get("device", "cpu"))
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, found {seed!r}")
     if not search.get("objectives"):
         raise ValueError("search.objectives: empty; expected at least one {metric, direction}")
+    for i, o in enumerate(search["objectives"]):
+        direction = o.get("direction") if isinstance(o, dict) else None
+        if direction not in (None, "max", "min"):
+            raise ValueError(f"search.objectives[{i}].direction: expected max or min, found {direction!r}")
     settings = SearchSettings.parse(search, len(search["objectives"]))  # budget, minibatch, fidelity, ...
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool | str):

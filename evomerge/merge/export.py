@@ -97,8 +97,10 @@ def _parse_size(text: str) -> int:
 def _open(ref: str, where: str) -> LazyCheckpoint:
     p = resolve_path(ref)
     if not p.is_dir():
+        name = where.split("'")[1] if "'" in where else ref
         raise ExportError(f"{where}: model {ref!r} is not a local folder (hub downloads are off: HF_HUB_OFFLINE=1); "
-                          f"point it at a folder with config.json and *.safetensors")
+                          f"point it at a folder with config.json and *.safetensors: in an evomerge recipe with "
+                          f"`paths: {{{name}: /path/to/{name}}}`, or on the command line with --model {name}=PATH")
     try:
         return LazyCheckpoint(p)
     except (FileNotFoundError, OSError, ValueError) as e:

@@ -108,6 +108,11 @@ def _per_objective(search: dict, key: str, n_obj: int | None, unit: str) -> list
     values = search.get(key)
     if values is None:
         return None
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"search.{key}: expected a list with one number per objective, {unit}; found {values!r}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"search.{key}[{i}]: expected a number ({unit}), found {v!r}")
     values = [float(v) for v in values]
     if n_obj is not None and len(values) != n_obj:
         raise ValueError(f"search.{key}: {len(values)} values for {n_obj} objectives; expected one per objective, "

@@ -45,6 +45,8 @@ def parse(objectives: list, available: dict[str, bool]) -> list[Objective]:
                              f"{sorted(available)}")
         natural = "max" if available[metric] else "min"
         direction = o.get("direction") or natural
+        if direction not in ("max", "min"):
+            raise ValueError(f"search.objectives[{i}].direction: expected max or min, found {direction!r}")
         if direction != natural:
             raise ValueError(f"search.objectives[{i}]: {metric!r} is {'higher' if natural == 'max' else 'lower'}-is-"
                              f"better, but direction is {direction!r}")

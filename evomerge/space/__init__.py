@@ -31,6 +31,13 @@ def build(cfg: Any, merge_cfg: Any, pool, seed: int = 0):
         # The space may override the merge group's method (or list several: a categorical gene per layer group);
         # the merge group's fixed params apply only when its method is used.
         method = cfg.get("method") or merge_cfg["method"]
+        from evomerge.merge.registry import get_method
+
+        for name in [method] if isinstance(method, str) else list(method):
+            try:
+                get_method(name)
+            except ValueError as e:  # say which key the name came from
+                raise ValueError(f"{'space.method' if cfg.get('method') else 'merge.method'}: {e}") from None
         groups = getattr(getattr(pool, "arch", None), "groups", None)
         if groups is not None:
             absent = [f for f in cfg.get("filters") or [] if f != "other" and f not in groups]

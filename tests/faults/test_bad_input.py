@@ -419,3 +419,46 @@ def test_recipes_and_results_are_plain_yaml_and_json(tmp_path):
     atomic_write_json(tmp_path / "f.json", {"x": np.float32(0.5)})
     assert json.loads((tmp_path / "e.jsonl").read_text().splitlines()[0])["f"] == 0.5
     assert json.loads((tmp_path / "f.json").read_text())["x"] == 0.5
+
+
+# ---- messages that name the field (issue 22) ------------------------------------------------------------------
+
+
+def test_corrupt_config_json_names_the_file_before_loading(cfg, tmp_path, no_loading, tiny_llamas):
+    bad = _copy_model(tiny_llamas["a"], tmp_path / "emptycfg")
+    (bad / "config.json").write_text("")
+    cfg["models"]["sources"][0]["path"] = str(bad)
+    refused(cfg, tmp_path / "run", re.escape(str(bad / "config.json")), "not a readable config.json")
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("seed", -1, r"seed: expected a non-negative integer, found -1"),
+    ("search.hv_ref", ["abc"], r"search.hv_ref\[0\]: expected a number \(in metric units\), found 'abc'"),
+    ("search.objectives", [{"metric": "jp_math/acc", "direction": "up"}],
+     r"search.objectives\[0\].direction: expected max or min, found 'up'"),
+    ("merge.method", "tiez", r"merge.method: unknown merge method 'tiez'; registered: \[.*'ties'"),
+])
+def test_a_bad_value_names_its_field(cfg, tmp_path, no_loading, field, value, pattern):
+    node = cfg
+    *parents, leaf = field.split(".")
+    for k in parents:
+        node = node[k]
+    node[leaf] = value
+    if field == "merge.method":
+        cfg["space"].pop("method", None)
+    refused(cfg, tmp_path / "run", pattern)
+
+
+def test_a_recipe_model_without_a_folder_says_how_to_give_one(tmp_path, capsys, tiny_llamas):
+    recipe = {"models": ["a", "b"], "base": "base", "default": {"method": "linear", "weight": [0.5, 0.5]}}
+    err = merge_cli(recipe, tmp_path, capsys)
+    assert "model 'a'" in err and "paths: {a: /path/to/a}" in err and "--model a=PATH" in err
+
+
+def test_truncate_vocab_can_be_set_on_every_model_config():
+    """README's advice `models.truncate_vocab=true` must work with every models group (Hydra refuses absent keys)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("evomerge.conf", version_base="1.3"):
+        for group in ("digits", "jp_mini", "jp_math", "smollm2"):
+            assert compose("config", overrides=[f"models={group}", "models.truncate_vocab=true"]).models.truncate_vocab
