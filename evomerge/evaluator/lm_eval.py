@@ -35,6 +35,10 @@ def _task_manager(names: list[str], include_path: Any, where: str):
 
     paths = include_path if isinstance(include_path, (list, tuple)) else ([include_path] if include_path else [])
     paths = [os.path.expanduser(str(p)) for p in paths]  # `~/...` (the default paths.zoo) is not expanded by lm-eval
+    absent = [p for p in paths if not os.path.exists(p)]
+    if absent:
+        raise FileNotFoundError(f"{where}.include_path: {absent} do not exist; expected folders (or YAML files) of "
+                                "lm-eval task definitions")
     tm = TaskManager(include_path=[str(p) for p in paths] or None, include_defaults=False)
     missing = [n for n in names if n not in tm.all_tasks]
     if missing:

@@ -313,6 +313,17 @@ def check_files_compatible(paths: dict[str, str], vocab_tensors: tuple[str, ...]
         check_compatible(shapes, vocab_tensors, truncate_vocab, only_common=True)
 
 
+def check_finite(name: str, path: str, tensors: dict) -> None:
+    """A NaN or Inf in a source model would fail every candidate that uses it, reported candidate by candidate as a
+    merge failure: name the model and the tensor once, at load."""
+    from evomerge.merge.kernels import all_finite
+
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not all_finite(v)]
+    if bad:
+        raise ValueError(f"model '{name}' ({path}) holds NaN or Inf values in {len(bad)} tensor(s), e.g. {bad[:3]}; "
+                         "a merge with it cannot be finite. Check that checkpoint (a failed conversion or download)")
+
+
 def load_pool(
     sources: list[ModelSpec],
     base: ModelSpec | None,
@@ -339,6 +350,7 @@ def load_pool(
             raise RuntimeError(f"cannot load model '{spec.name}' from {spec.path}: {e}") from e
         model.eval()
         state[spec.name] = {k: v.detach().to(device) for k, v in model.state_dict().items()}
+        check_finite(spec.name, spec.path, state[spec.name])
         paths[spec.name] = spec.path
         if template is None:
             template = model.to(device)

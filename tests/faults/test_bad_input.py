@@ -254,6 +254,14 @@ def test_lm_eval_task_that_does_not_exist(cfg, tmp_path, no_loading):
     refused(cfg, tmp_path / "run", "evaluator.lm", "no_such_task_xyz")
 
 
+def test_lm_eval_include_path_that_does_not_exist(cfg, tmp_path, no_loading):
+    missing = tmp_path / "my_tasks"
+    cfg["evaluator"] = {"lm": {"kind": "lm_eval", "tasks": ["my_task"], "include_path": str(missing),
+                               "fitness_samples": None}}
+    cfg["search"]["objectives"] = [{"metric": "my_task/acc,none", "direction": "max"}]
+    refused(cfg, tmp_path / "run", r"evaluator.lm.include_path: \[.*my_tasks'\] do not exist")
+
+
 def test_jp_math_data_file_that_does_not_exist(cfg, tmp_path, no_loading):
     cfg["evaluator"]["jp_math"]["fitness"] = str(tmp_path / "missing.jsonl")
     refused(cfg, tmp_path / "run", "evaluator.jp_math.fitness", "missing.jsonl", "does not exist")
@@ -462,3 +470,20 @@ def test_truncate_vocab_can_be_set_on_every_model_config():
     with initialize_config_module("evomerge.conf", version_base="1.3"):
         for group in ("digits", "jp_mini", "jp_math", "smollm2"):
             assert compose("config", overrides=[f"models={group}", "models.truncate_vocab=true"]).models.truncate_vocab
+
+
+def test_a_nan_in_a_source_model_names_that_model_and_tensor(cfg, tmp_path, tiny_llamas):
+    from safetensors.torch import load_file, save_file
+
+    from evomerge.run import run
+
+    bad = _copy_model(tiny_llamas["b"], tmp_path / "nan_model")
+    weights = load_file(bad / "model.safetensors")
+    name = next(k for k in weights if k.endswith("mlp.down_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    cfg["models"]["sources"][1]["path"] = str(bad)
+    with pytest.raises(ValueError, match=rf"model 'b' \({re.escape(str(bad))}\) holds NaN or Inf values in 1 "
+                                         rf"tensor\(s\), e.g. \['{re.escape(name)}'\]"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "evaluations.jsonl").exists()
