@@ -112,7 +112,7 @@ def ref_gta(base, experts, weights, sparsify, elect, normalize, rescale=False, l
     b = flat(base)
     deltas = []
     for i, e in enumerate(experts):
-        d = [x - y for x, y in zip(flat(e), b)]
+        d = [x - y for x, y in zip(flat(e), b, strict=True)]
         s = sparsify(i, d)
         deltas.append(ref_l1(s, d) if rescale else s)
     out = []
@@ -134,12 +134,12 @@ def ref_gta(base, experts, weights, sparsify, elect, normalize, rescale=False, l
 
 def ref_slerp_vec(a, c, t, eps):
     na, nc = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in c))
-    cos = sum(x * y for x, y in zip(a, c)) / (max(na, eps) * max(nc, eps))
+    cos = sum(x * y for x, y in zip(a, c, strict=True)) / (max(na, eps) * max(nc, eps))
     cos = max(-1.0, min(1.0, cos))
     om = math.acos(cos)
     if abs(math.sin(om)) < eps:
-        return [(1 - t) * x + t * y for x, y in zip(a, c)]
-    return [(math.sin((1 - t) * om) * x + math.sin(t * om) * y) / math.sin(om) for x, y in zip(a, c)]
+        return [(1 - t) * x + t * y for x, y in zip(a, c, strict=True)]
+    return [(math.sin((1 - t) * om) * x + math.sin(t * om) * y) / math.sin(om) for x, y in zip(a, c, strict=True)]
 
 
 # ---- linear family ---------------------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_slerp_colinear_falls_back_to_lerp(trio):
     base = trio[0]
     other = base * 1.5 + 1e-4 * torch.ones_like(base)
     out = call("slerp", base, [other], t=0.25)
-    close(out, [0.75 * x + 0.25 * y for x, y in zip(flat(base), flat(other))])
+    close(out, [0.75 * x + 0.25 * y for x, y in zip(flat(base), flat(other), strict=True)])
 
 
 @pytest.mark.parametrize("flatten,row_wise", [(True, False), (False, False), (False, True)])
@@ -381,7 +381,7 @@ def test_nuslerp(trio, flatten, row_wise, with_base):
         cols = [ref_slerp_vec(flat(a[:, j]), flat(c[:, j]), t, 1e-8) for j in range(9)]
         out = [cols[j][r] for r in range(6) for j in range(9)]
     if with_base:
-        out = [x + y for x, y in zip(out, flat(base))]
+        out = [x + y for x, y in zip(out, flat(base), strict=True)]
     got = call("nuslerp", base if with_base else None, ex[:2], weight=w, nuslerp_flatten=flatten,
                nuslerp_row_wise=row_wise)
     close(got, out)
@@ -407,7 +407,7 @@ def test_multislerp(trio, with_base):
     scale = sum(ws[i] * norms[i] for i in range(3))
     ref = [m / mn * scale for m in mu]
     if with_base:
-        ref = [r + b for r, b in zip(ref, flat(base))]
+        ref = [r + b for r, b in zip(ref, flat(base), strict=True)]
     close(call("multislerp", base if with_base else None, ex, weight=w), ref, atol=1e-4)
 
 
@@ -435,7 +435,7 @@ def test_model_stock(trio, filter_wise):
         cos = []
         for i in range(3):
             for j in range(i + 1, 3):
-                dot = sum(x * y for x, y in zip(vs[i], vs[j]))
+                dot = sum(x * y for x, y in zip(vs[i], vs[j], strict=True))
                 n = math.sqrt(sum(x * x for x in vs[i])) * math.sqrt(sum(x * x for x in vs[j]))
                 cos.append(dot / max(n, 1e-6))
         c = max(-1.0, min(1.0, sum(cos) / len(cos)))

