@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evomerge.results import provenance, save
+from evomerge.results import bootstrap_mean, provenance, save
 
 TASKS = ["rot90", "mirror", "invert"]
 PER_TASK = "search.objectives=[" + ",".join(f"{{metric: acc/{t}, direction: max}}" for t in TASKS) + "]"
@@ -38,11 +38,9 @@ def compose(zoo: Path, *overrides: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def bootstrap_ci(values: list[float], n: int = 10000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: list[float]) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean over seeds (crude with 3 seeds; it says how far seeds spread)."""
-    v = np.asarray(values)
-    means = v[np.random.default_rng(seed).integers(0, len(v), (n, len(v)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    return bootstrap_mean(values)[1:]
 
 
 def accs(metrics: dict) -> list[float]:

@@ -396,3 +396,14 @@ def test_dfs_space_with_bool_genes_and_path_cap(tmp_path, kind):
     if kind in ("nsga2", "ga"):  # mixed-variable operators keep the include genes binary
         T = len(space.slots)
         assert all(set(np.round(r["genome"][:T], 9)) <= {0.0, 1.0} for r in res.records)
+
+
+def test_pareto_mask_matches_the_definition_with_ties_and_duplicates():
+    """Against the definition, pair by pair: a row is kept unless another is <= everywhere and < somewhere."""
+    rng = np.random.default_rng(0)
+    for n, k in [(1, 2), (7, 2), (200, 2), (150, 3)]:
+        F = rng.integers(0, 6, (n, k)).astype(float)  # few distinct values: many ties and exact duplicates
+        F = np.vstack([F, F[: n // 3]])
+        expected = [not any(np.all(G <= f) and np.any(G < f) for G in F) for f in F]
+        assert pareto_mask(F).tolist() == expected
+    assert pareto_mask(np.zeros((0, 2))).tolist() == []

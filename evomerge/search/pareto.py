@@ -6,16 +6,14 @@ import numpy as np
 
 
 def pareto_mask(F: np.ndarray) -> np.ndarray:
-    """True for rows not dominated by any other row (all objectives minimised; duplicates are all kept)."""
+    """True for rows not dominated by any other row (all objectives minimised; duplicates are all kept).
+    pymoo's non-dominated sorting: a few ms at thousands of rows, where a pairwise Python loop took seconds."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
     F = np.atleast_2d(np.asarray(F, float))
-    n = len(F)
-    mask = np.ones(n, bool)
-    for i in range(n):
-        if not mask[i]:
-            continue
-        dominated = np.all(F <= F[i], axis=1) & np.any(F < F[i], axis=1)
-        if dominated.any():
-            mask[i] = False
+    mask = np.zeros(len(F), bool)
+    if len(F):
+        mask[NonDominatedSorting().do(F, only_non_dominated_front=True)] = True
     return mask
 
 

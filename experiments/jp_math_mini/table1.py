@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from evomerge.offline import set_offline_env
+from evomerge.results import bootstrap_mean as bootstrap
 from evomerge.results import provenance, save
 
 TARGET = "jp_math/acc_ja"
@@ -41,12 +42,6 @@ def compose(experiment: str, overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def bootstrap(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    v = np.asarray(values, dtype=float)
-    means = np.random.default_rng(seed).choice(v, size=(n, len(v)), replace=True).mean(axis=1)
-    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def paired_bootstrap(evo: np.ndarray, ref: np.ndarray, n: int = 10_000, seed: int = 0):
     """Mean difference (evolved - ref) on per-item 0/1 scores, evo (seeds x items), ref (items), and its 95%
     percentile interval when both the seeds and the test items are resampled (items paired between the rows)."""
@@ -60,7 +55,7 @@ def paired_bootstrap(evo: np.ndarray, ref: np.ndarray, n: int = 10_000, seed: in
     return float(evo.mean() - ref.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
-def item_scores(cfgs, runs, stages, seeds, sources, evolved):
+def item_scores(cfgs, runs, stages, seeds, sources, evolved, preconditions: list):
     """Per-test-item target scores (1 = right number in Japanese) of every source and every evolved best recipe,
     re-scored here with the run's own pool and evaluators; each must reproduce the run's final.json number."""
     from evomerge import models as models_pkg
@@ -86,6 +81,9 @@ def item_scores(cfgs, runs, stages, seeds, sources, evolved):
                 for name in pool.all_names:
                     row = name if name != pool.base_name else f"{name} (base)"
                     items_src[row] = vec(worker.evaluate_model(name, "test"), sources[row][TARGET], row)
+                from evomerge import preconditions as preconditions_pkg
+
+                preconditions += preconditions_pkg.measure(worker, preconditions_pkg.parse(cfg.get("preconditions")))
                 items_src["plain average"] = vec(worker.evaluate(average_recipe(pool), "test"),
                                                  sources["plain average"][TARGET], "plain average")
             best = Recipe.load(runs / f"{stage}_seed{seed}" / "best_recipe.yaml")
@@ -140,7 +138,8 @@ def main(argv=None) -> int:
                 if r["model"] != "evolved (best)":
                     sources.setdefault(r["model"], r["metrics"])  # deterministic given the zoo: same in every run
             evolved[stage].append(next(r["metrics"] for r in rows if r["model"] == "evolved (best)"))
-    items_src, items_evo = item_scores(cfgs, runs, stages, seeds, sources, evolved)
+    preconditions: list[dict] = []
+    items_src, items_evo = item_scores(cfgs, runs, stages, seeds, sources, evolved, preconditions)
     minutes = (time.perf_counter() - t0) / 60
     n_test = len(next(iter(items_src.values())))
     head = "| model | " + " | ".join(c for _, c in COLUMNS) + " |"
@@ -164,6 +163,7 @@ def main(argv=None) -> int:
         "The bracketed intervals above resample the 3 seeds only (with 3 seeds they are about [min, max]) and ignore "
         "the noise of the test sample. Differences on the target with a paired bootstrap over seeds AND test items "
         "(10,000 resamples; each resample draws seeds and items with replacement, the same items for both rows):", ""]
+    verdicts: dict[str, dict] = {}
     for stage in stages:
         evo = np.stack(items_evo[stage])
         diffs = []
@@ -171,6 +171,8 @@ def main(argv=None) -> int:
             d, lo, hi = paired_bootstrap(evo, items_src[ref])
             diffs.append((ref, d, lo, hi))
         beats = all(lo > 0 for ref, _, lo, _ in diffs if ref in experts)
+        verdicts[LABEL[stage]] = {"beats_both_experts": beats, "beats_plain_average": next(
+            lo > 0 for ref, _, lo, _ in diffs if ref == "plain average")}
         text = "; ".join(f"minus {ref} {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for ref, d, lo, hi in diffs)
         lines.append(f"- {LABEL[stage]}: {text} points. "
                      + ("**Beats both experts** (every interval above 0)." if beats
@@ -178,14 +180,19 @@ def main(argv=None) -> int:
     cmd = "python experiments/jp_math_mini/table1.py " + " ".join(
         [f"--seeds {args.seeds}", f"--stages {args.stages}", f"--zoo-seed {args.zoo_seed}", *args.overrides])
     header, facts = provenance(cmd, zoo_root / "jp_mini")
+    from evomerge.preconditions import format_results
+
     lines = [f"# jp_math_mini: Sakana's Table 1 in miniature (zoo seed {args.zoo_seed})", "", *header,
-             f"Wall time: {minutes:.1f} min (runs found in {args.runs} are reused)", "", *lines]
+             f"Wall time: {minutes:.1f} min (runs found in {args.runs} are reused)", "", *lines, "",
+             format_results(preconditions)]
     numbers = {f"{name}/{k}": m[k] for name, m in sources.items() for k, _ in COLUMNS}
     for stage in stages:
         numbers |= {f"{LABEL[stage]}/{k}": bootstrap([m[k] for m in evolved[stage]]) for k, _ in COLUMNS}
     text = "\n".join(lines)
     print(text)
-    save(args.out, text, numbers, facts | {"zoo_seed": args.zoo_seed, "seeds": seeds})
+    numbers |= {f"precondition {p['model']} {p['metric']} ({p['split']})": p["value"] for p in preconditions}
+    save(args.out, text, numbers, facts | {"zoo_seed": args.zoo_seed, "seeds": seeds, "preconditions": preconditions,
+                                           "verdicts": verdicts})
     return 0
 
 
