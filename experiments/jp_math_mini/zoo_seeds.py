@@ -28,9 +28,9 @@ def row(data: dict) -> str:
     for s in STAGES:
         x = n[f"{s}/{TARGET}"]
         v = data.get("verdicts", {}).get(s, {})
-        tag = ("both experts" if v.get("beats_both_experts") else "not both experts") + (
-            ", and the average" if v.get("beats_plain_average") else "")
-        cells.append(f"{100 * x['value']:.1f} [{100 * x['lo']:.1f}, {100 * x['hi']:.1f}] (beats {tag})")
+        tag = (f"beats both experts: {'yes' if v.get('beats_both_experts') else 'no'}, the plain average: "
+               f"{'yes' if v.get('beats_plain_average') else 'no'}")
+        cells.append(f"{100 * x['value']:.1f} [{100 * x['lo']:.1f}, {100 * x['hi']:.1f}] ({tag})")
     return "| " + " | ".join(cells) + " |"
 
 
