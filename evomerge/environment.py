@@ -96,14 +96,20 @@ def describe(env: dict) -> str:
             f"torch threads {env.get('torch_threads', '?')}")
 
 
-def differences(made: dict, here: dict) -> list[str]:
-    """What differs between the environment a number was made in and this one (commit and platform aside)."""
+# What decides the numbers: torch picks its CPU kernels by `cpu_capability` (AVX512, AVX2, ...), not by the CPU's
+# model; an AVX2 machine's tables were reproduced exactly here with ATEN_CPU_CAPABILITY=avx2 on an AVX512 CPU.
+NUMERICS = ("python", "device", "gpu", "cpu_capability", "torch_threads")
+
+
+def differences(made: dict, here: dict, keys=(*NUMERICS, "cpu", "cpu_flags")) -> list[str]:
+    """What differs between the environment a number was made in and this one (commit and platform aside);
+    `keys=NUMERICS` for only what can move a number (with the package versions)."""
     out = []
     for p in sorted(set(made.get("packages", {})) | set(here.get("packages", {}))):
         a, b = made.get("packages", {}).get(p), here.get("packages", {}).get(p)
         if a != b and p != "evomerge":
             out.append(f"{p} {a or 'absent'} -> {b or 'absent'}")
-    for key in ("python", "device", "gpu", "cpu", "cpu_capability", "cpu_flags", "torch_threads"):
+    for key in keys:
         if made.get(key) != here.get(key):
             out.append(f"{key} {made.get(key)} -> {here.get(key)}")
     return out

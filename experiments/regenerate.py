@@ -48,10 +48,24 @@ TABLES = {
 }
 
 
+def committed_file(table: Table) -> Path:
+    """The committed numbers for this machine's class: torch picks its CPU kernels by vector unit (AVX512, AVX2),
+    and the numbers depend on them, so a table may be committed once per class (`NAME.avx2.json` beside
+    `NAME.json`, made here with ATEN_CPU_CAPABILITY=avx2). The file whose recorded capability is this machine's."""
+    import torch
+
+    main = ROOT / table.committed
+    here = torch.backends.cpu.get_cpu_capability()
+    for path in [main, *sorted(main.parent.glob(main.stem + ".*.json"))]:
+        if (load(path).get("environment") or {}).get("cpu_capability") == here:
+            return path
+    return main
+
+
 def regenerate(name: str, work: Path, zoo: Path | None, digits: int = 4, slack: float = 0.0, quiet: bool = False):
     """Re-run one table into `work`; returns (verdicts, the committed file's environment differences)."""
     table = TABLES[name]
-    committed = load(ROOT / table.committed)
+    committed = load(committed_file(table))
     out = work / "table.md"
     argv = [sys.executable, *(a.format(work=work, out=out) for a in table.argv)]
     env = os.environ | {"EVOMERGE_ZOO": str(zoo or work / "zoo"), "PYTHONPATH": str(ROOT)}
@@ -85,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         verdicts, moved = regenerate(name, work / name, Path(args.zoo).expanduser() if args.zoo else None)
         bad += sum(not v.ok for v in verdicts)
-        print(f"\n## {name} ({TABLES[name].committed}; regenerated in {time.perf_counter() - t0:.0f} s)\n")
+        print(f"\n## {name} ({committed_file(TABLES[name]).relative_to(ROOT)}; regenerated in "
+              f"{time.perf_counter() - t0:.0f} s)\n")
         print(format_verdicts(verdicts))
         print("\nenvironment: " + ("the same as the committed table's" if not moved else
                                    "differs from the committed table's: " + "; ".join(moved)))

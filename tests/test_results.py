@@ -55,3 +55,12 @@ def test_differences_name_what_moved():
             "cpu_capability": "AVX2", "python": "3.11.7"}
     assert differences(made, here) == ["numpy 2.4.6 -> 2.5.0", "optuna absent -> 4.0", "cpu_capability AVX512 -> AVX2"]
     assert differences(made, made) == []
+
+
+def test_only_what_moves_numbers_counts_for_numerics():
+    from evomerge.environment import NUMERICS
+
+    made = {"packages": {"torch": "2.13.0"}, "cpu_capability": "AVX2", "cpu": "AMD EPYC", "cpu_flags": ["avx512f"]}
+    here = {"packages": {"torch": "2.13.0"}, "cpu_capability": "AVX2", "cpu": "Intel Xeon", "cpu_flags": ["avx2"]}
+    assert differences(made, here) == ["cpu AMD EPYC -> Intel Xeon", "cpu_flags ['avx512f'] -> ['avx2']"]
+    assert differences(made, here, keys=NUMERICS) == []
