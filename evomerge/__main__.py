@@ -28,11 +28,18 @@ def _app(cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # interpolation errors: name the key
         raise SystemExit(f"error: cannot resolve the config: {e}") from None
+    from safetensors import SafetensorError
+
     try:
         run(plain, run_dir, record=lambda d: write_record(d, cfg, hydra_cfg))
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
-        log.error("%s", e)
-        print(f"\nerror: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, SafetensorError) as e:
+        hint = ""
+        if isinstance(e, (OSError, SafetensorError)) and not isinstance(e, FileNotFoundError):
+            d = Path(plain["resume"]).expanduser() if isinstance(plain.get("resume"), str) else Path(run_dir)
+            hint = (f"\nwriting failed (a full disk?); the search's last checkpoint in {d} is intact: free space, then "
+                    f"continue with resume={d} (only the unfinished steps and the final table are redone)")
+        log.error("%s%s", e, hint)
+        print(f"\nerror: {e}{hint}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         d = Path(plain["resume"]).expanduser() if isinstance(plain.get("resume"), str) else Path(run_dir)

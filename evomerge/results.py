@@ -44,6 +44,18 @@ def bootstrap_mean(values, n: int = 10_000, seed: int = 0) -> tuple[float, float
     return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def paired_bootstrap(evo, ref, n: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean difference (evolved - ref) of per-item 0/1 scores, `evo` (seeds x items) against `ref` (items), and its
+    95% percentile interval when both the seeds and the test items are resampled (items paired between the rows)."""
+    evo, ref = np.asarray(evo, float), np.asarray(ref, float)
+    rng = np.random.default_rng(seed)
+    S, N = evo.shape
+    si = rng.integers(0, S, (n, S))
+    ii = rng.integers(0, N, (n, N))
+    d = evo[si[:, :, None], ii[:, None, :]].mean(axis=(1, 2)) - ref[ii].mean(axis=1)
+    return float(evo.mean() - ref.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
 def zoo_environment(zoo: Path | None) -> dict | None:
     try:
         return json.loads((Path(zoo) / "zoo.json").read_text()).get("environment") if zoo else None

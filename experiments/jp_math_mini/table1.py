@@ -23,7 +23,7 @@ import numpy as np
 
 from evomerge.offline import set_offline_env
 from evomerge.results import bootstrap_mean as bootstrap
-from evomerge.results import provenance, save
+from evomerge.results import paired_bootstrap, provenance, save
 
 TARGET = "jp_math/acc_ja"
 EXPERIMENTS = {"ps": "jp_math_mini", "dfs": "jp_math_mini_dfs", "psdfs": "jp_math_mini_psdfs"}
@@ -40,19 +40,6 @@ def compose(experiment: str, overrides: list[str]) -> dict:
     with initialize_config_module("evomerge.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=[f"experiment={experiment}", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
-
-
-def paired_bootstrap(evo: np.ndarray, ref: np.ndarray, n: int = 10_000, seed: int = 0):
-    """Mean difference (evolved - ref) on per-item 0/1 scores, evo (seeds x items), ref (items), and its 95%
-    percentile interval when both the seeds and the test items are resampled (items paired between the rows)."""
-    rng = np.random.default_rng(seed)
-    S, N = evo.shape
-    si = rng.integers(0, S, (n, S))
-    ii = rng.integers(0, N, (n, N))
-    e = evo[si[:, :, None], ii[:, None, :]].mean(axis=(1, 2))
-    r = ref[ii].mean(axis=1)
-    d = e - r
-    return float(evo.mean() - ref.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
 def item_scores(cfgs, runs, stages, seeds, sources, evolved, preconditions: list):
