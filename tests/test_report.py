@@ -183,3 +183,18 @@ def test_cli_writes_the_report(tmp_path, capsys):
     assert "summary" in capsys.readouterr().out
     assert json.loads((tmp_path / "final.json").read_text())["final_split"] == "test"
     assert is_png(tmp_path / "report" / "pareto.png")
+
+
+def test_the_evomerge_report_console_script_writes_the_report(tmp_path):
+    """The installed entry point (pyproject [project.scripts]), next to the interpreter running the tests."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_run(tmp_path)
+    script = Path(sys.executable).parent / "evomerge-report"
+    proc = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert is_png(tmp_path / "report" / "pareto.png") and (tmp_path / "report" / "summary.md").exists()
+    missing = subprocess.run([str(script), str(tmp_path / "nope")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "not a directory" in missing.stderr
