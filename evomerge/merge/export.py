@@ -27,7 +27,12 @@ from evomerge.merge.kernels import all_finite
 from evomerge.merge.mergekit import MergeJob, NotExpressible, from_mergekit, recipe_to_mergekit
 from evomerge.merge.merger import MergeError, plan_tensor, run_method
 from evomerge.models.arch import ArchMap, arch_for
-from evomerge.models.pool import LazyCheckpoint, check_compatible, resolve_path, vocab_tensor_names
+from evomerge.models.pool import (
+    LazyCheckpoint,
+    check_compatible,
+    resolve_model,
+    vocab_tensor_names,
+)
 from evomerge.recipe import Recipe
 from evomerge.store import RunDirError, check_creatable
 
@@ -95,7 +100,10 @@ def _parse_size(text: str) -> int:
 
 
 def _open(ref: str, where: str) -> LazyCheckpoint:
-    p = resolve_path(ref)
+    try:
+        p = resolve_model(ref, where)
+    except FileNotFoundError as e:
+        raise ExportError(str(e)) from None
     if not p.is_dir():
         name = where.split("'")[1] if "'" in where else ref
         raise ExportError(f"{where}: model {ref!r} is not a local folder (hub downloads are off: HF_HUB_OFFLINE=1); "
@@ -228,8 +236,8 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
     ckpts = {m: _open(job.paths.get(m, m), f"model {m!r}") for m in names}
     inputs = {m: c.path for m, c in ckpts.items()}
     if job.tokenizer_source and job.tokenizer_source not in ckpts:
-        inputs[f"tokenizer_source {job.tokenizer_source}"] = resolve_path(job.paths.get(job.tokenizer_source,
-                                                                                        job.tokenizer_source))
+        inputs[f"tokenizer_source {job.tokenizer_source}"] = resolve_model(job.paths.get(job.tokenizer_source,
+                                                                                         job.tokenizer_source))
     check_out_dir(out_dir, inputs, overwrite)
     ref_name = recipe.base or recipe.models[0]
     ref = ckpts[ref_name]
@@ -402,7 +410,7 @@ def _copy_tokenizer(job: MergeJob, ref: LazyCheckpoint, ckpts, out_dir: Path) ->
     src = ref.path
     if job.tokenizer_source:
         t = job.tokenizer_source
-        src = ckpts[t].path if t in ckpts else resolve_path(job.paths.get(t, t))
+        src = ckpts[t].path if t in ckpts else resolve_model(job.paths.get(t, t))
         if not src.is_dir():
             raise ExportError(f"tokenizer_source: {job.tokenizer_source!r} is not a model of the config or a folder")
     copied = [f for f in TOKENIZER_FILES if (src / f).exists()]

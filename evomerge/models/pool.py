@@ -80,6 +80,35 @@ def resolve_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
+def is_hub_id(ref: str) -> bool:
+    """`org/name` or `org/name@revision`, and not a local path."""
+    name = ref.split("@", 1)[0]
+    return name.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).expanduser().exists()
+
+
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken", "*.py"]
+
+
+def resolve_model(ref: str, where: str = "model") -> Path:
+    """A local folder as is; a hub id (`org/name[@revision]`) through huggingface_hub's cache and downloads
+    (`snapshot_download`, weights as safetensors only). Offline (HF_HUB_OFFLINE=1, evomerge's default) a cached
+    snapshot is used and a missing one fails at once, naming the id."""
+    if not is_hub_id(ref):
+        return resolve_path(ref)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo, _, revision = ref.partition("@")
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=CHECKPOINT_FILES))
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"{where}: {ref!r} is not in the local Hugging Face cache and the hub is offline "
+                                "(HF_HUB_OFFLINE=1, evomerge's default); download it where you have network access "
+                                "(huggingface-cli download), or set EVOMERGE_ONLINE=1 to let evomerge download it") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise FileNotFoundError(f"{where}: cannot get {ref!r} from the Hugging Face hub: {e}") from None
+
+
 def check_exists(spec: ModelSpec, where: str) -> None:
     """Fail fast, before loading anything, on a missing model folder or a hub id that cannot be fetched."""
     p = resolve_path(spec.path)

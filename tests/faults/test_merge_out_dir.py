@@ -122,3 +122,39 @@ def test_a_corrupt_config_json_names_the_file(tmp_path, models, capsys, content)
     err = capsys.readouterr().err
     assert str(models["b"] / "config.json") in err and "config.json" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def _cache_model(cache, repo: str, src, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """Lay out a model as huggingface_hub's cache does: refs/main -> snapshots/<commit>/files."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(src, folder / "snapshots" / commit)
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    return folder / "snapshots" / commit
+
+
+def test_hub_ids_resolve_from_the_local_cache_offline_and_a_missing_one_is_named(tmp_path, models, capsys,
+                                                                                  monkeypatch):
+    cache = tmp_path / "hf_cache"
+    _cache_model(cache, "org/model-a", models["a"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    cfg = {"merge_method": "linear", "models": [{"model": "org/model-a", "parameters": {"weight": 0.5}},
+                                                {"model": str(models["b"]), "parameters": {"weight": 0.5}}]}
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert main([str(path), str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    a, b = load_file(models["a"] / "model.safetensors"), load_file(models["b"] / "model.safetensors")
+    merged = load_file(out / "model.safetensors")
+    k = next(iter(a))
+    torch.testing.assert_close(merged[k], 0.5 * a[k] + 0.5 * b[k])
+    cfg["models"][0]["model"] = "org/not-cached@v2"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main([str(path), str(tmp_path / "out2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'org/not-cached@v2' is not in the local Hugging Face cache and the hub is offline" in err
