@@ -232,6 +232,13 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     best_model.save_pretrained(run_dir / "best_model")
     if pool.tokenizer is not None:
         pool.tokenizer.save_pretrained(run_dir / "best_model")
+    from evomerge import card
+
+    card.write(run_dir / "best_model", best, pool.paths,
+               f"an evomerge search (space `{cfg['space']['kind']}`, optimiser `{cfg['optimizer']['kind']}`, "
+               f"{search['budget']} evaluations, seed {seed})",
+               {"Fitness": f"{', '.join(o.metric for o in objectives)} on the fitness split: "
+                           + ", ".join(f"{k} = {v:.4f}" for k, v in chosen['metrics'].items())})
 
     split = cfg.get("final_split", "test")
     rows = held_out_table(worker, pool, best, split)

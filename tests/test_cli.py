@@ -42,6 +42,11 @@ def test_digits_end_to_end(tmp_path, zoo_root, digits_zoo):
     rows = {r["model"]: r["metrics"] for r in final["final"]}
     assert set(rows) == {"base (base)", "rot90", "mirror", "invert", "plain average", "evolved (best)"}
     assert "| evolved (best) |" in proc.stdout and "Held-out `test` split" in proc.stdout
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "best_model" / "README.md")  # local sources: named in the text, no base_model
+    assert card.data.library_name == "transformers" and "merge" in card.data.tags and "## Recipe" in card.text
+    assert card.data.base_model is None and "rot90" in card.text
     # Preconditions are measured on the named split: the same numbers as the table's rows for those models.
     pre = final["preconditions"]
     assert [p["ok"] for p in pre] == [True, False]

@@ -421,20 +421,17 @@ def _copy_tokenizer(job: MergeJob, ref: LazyCheckpoint, ckpts, out_dir: Path) ->
 
 
 def _write_card(job: MergeJob, arch: ArchMap, num_layers: int, out_dir: Path) -> None:
-    recipe = job.recipe
+    from evomerge import card
+
     try:
-        mk = yaml.safe_dump(recipe_to_mergekit(recipe, arch, num_layers, job.paths), sort_keys=False)
-        mk_text = f"Equivalent mergekit config:\n\n```yaml\n{mk}```\n"
+        mk = yaml.safe_dump(recipe_to_mergekit(job.recipe, arch, num_layers, job.paths), sort_keys=False)
+        mk_text = f"```yaml\n{mk}```"
     except NotExpressible as e:
-        mk_text = f"No mergekit equivalent: {e}.\n"
-    recipe_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
-    models = "\n".join(f"- `{m}`: {job.paths.get(m, m)}" for m in dict.fromkeys(
-        ([recipe.base] if recipe.base else []) + recipe.models))
-    text = (f"---\ntags: [merge, evomerge]\n---\n# Merged model\n\nMade with `evomerge-merge` ({recipe.summary()}).\n\n"
-            f"## Models\n{models}\n\n## Recipe\n\n```yaml\n{recipe_yaml}```\n\n{mk_text}\n"
-            f"Randomised methods (DARE, DELLA) use evomerge's per-tensor seeds (recipe seed {recipe.seed}); "
-            f"mergekit's random masks differ.\n")
-    (out_dir / "README.md").write_text(text)
+        mk_text = f"No mergekit equivalent: {e}."
+    card.write(out_dir, job.recipe, job.paths, "`evomerge-merge`", {
+        "Equivalent mergekit config": mk_text,
+        "Randomness": f"Randomised methods (DARE, DELLA) use evomerge's per-tensor seeds (recipe seed "
+                      f"{job.recipe.seed}); mergekit's random masks differ."})
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------------------

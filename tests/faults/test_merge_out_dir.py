@@ -153,6 +153,11 @@ def test_hub_ids_resolve_from_the_local_cache_offline_and_a_missing_one_is_named
     merged = load_file(out / "model.safetensors")
     k = next(iter(a))
     torch.testing.assert_close(merged[k], 0.5 * a[k] + 0.5 * b[k])
+    from huggingface_hub import ModelCard  # the card is Hub metadata: the hub source is its base model
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == ["org/model-a"] and card.data.library_name == "transformers"
+    assert card.data.to_dict()["base_model_relation"] == "merge" and "## Recipe" in card.text
     cfg["models"][0]["model"] = "org/not-cached@v2"
     path.write_text(yaml.safe_dump(cfg))
     assert main([str(path), str(tmp_path / "out2"), "--no-progress"]) == 2
