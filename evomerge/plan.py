@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from evomerge.models.pool import read_config
+from evomerge.models.pool import is_hub_id, read_config
 
 DATA_KEYS = ("fitness", "validation", "test")
 
@@ -22,17 +22,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and not Path(path).expanduser().exists()
-
-
 def model_config(path: str) -> tuple[str, dict | None]:
     """(where the model is: local | hub cache | hub | missing, its config.json if readable without the network)."""
     p = Path(path).expanduser()
     if p.exists():
         cfg = p / "config.json"
         return "local", (read_config(cfg) if cfg.exists() else None)
-    if not _hub_id(path):
+    if not is_hub_id(path):
         return "missing", None
     from huggingface_hub import try_to_load_from_cache
 
@@ -47,7 +43,7 @@ def dataset_status(src: Any) -> str:
     path = str(src.get("path") if isinstance(src, dict) else src)
     if Path(path).expanduser().exists():
         return "local"
-    if not _hub_id(path):
+    if not is_hub_id(path):
         return "missing (no such file)"
     from huggingface_hub import constants
 

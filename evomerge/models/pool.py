@@ -116,8 +116,7 @@ def check_exists(spec: ModelSpec, where: str) -> None:
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{where}: model folder {p} has no config.json (model '{spec.name}')")
         return
-    looks_like_hub_id = spec.path.count("/") == 1 and not spec.path.startswith((".", "/", "~"))
-    if looks_like_hub_id:
+    if is_hub_id(spec.path):
         from huggingface_hub import try_to_load_from_cache
 
         if try_to_load_from_cache(spec.path, "config.json") not in (None,) and _offline():

@@ -58,3 +58,17 @@ def mark_built(root: Path, spec: dict, version: int, **extra) -> None:
     from evomerge.store import atomic_write_json
 
     atomic_write_json(root / "zoo.json", {"version": version, "spec": spec, "environment": fingerprint(), **extra})
+
+
+def save_model_atomically(model, tokenizer, out: Path) -> Path:
+    """`save_pretrained` into a temporary sibling folder, then rename: an interrupted build leaves no half model."""
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.zoo import is_built, mark_built
+from evomerge.zoo import is_built, mark_built, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ def _sft(tok, items: list[dict]) -> tuple[list[list[int]], list[int]]:
 def fine_tune(base_dir: Path, out: Path, items: list[dict], spec: dict, seed: int, desc: str,
               device: str = "cpu") -> list[float]:
     """LoRA on every attention and MLP projection, merged into a full checkpoint written to `out` (atomically)."""
-    import shutil
-
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -60,13 +58,7 @@ def fine_tune(base_dir: Path, out: Path, items: list[dict], spec: dict, seed: in
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     losses = train_lm(model, seqs, starts, steps=spec["steps"], lr=spec["lr"], batch_size=spec["batch_size"],
                       seed=seed, pad_id=pad, desc=desc, warmup=min(20, spec["steps"]), device=device)
-    merged = model.merge_and_unload().to("cpu")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    save_model_atomically(model.merge_and_unload().to("cpu"), tok, out)
     return losses
 
 

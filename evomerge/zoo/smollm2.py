@@ -21,11 +21,10 @@ import importlib.util
 import logging
 import random
 import re
-import shutil
 import sys
 from pathlib import Path
 
-from evomerge.zoo import is_built, mark_built
+from evomerge.zoo import is_built, mark_built, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +75,7 @@ def weights(out: str | Path) -> Path:
         del cfg.quantization_config
     clean = LlamaForCausalLM(cfg)
     clean.load_state_dict(src.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    clean.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return save_model_atomically(clean, tok, out)
 
 
 # ---- local data ---------------------------------------------------------------------------------------------------
