@@ -64,6 +64,12 @@ def method_configs(m: dict[str, str]) -> dict[str, dict]:
         "multislerp": {"base_model": base, "models": two(weight=1.0)},
         "model_stock": {"base_model": base, "models": [{"model": a}, {"model": b}]},
         "passthrough": {"models": [{"model": a}]},
+        "sce": {"base_model": base, "models": [{"model": a}, {"model": b}], "parameters": {"select_topk": 0.5}},
+        "karcher": {"base_model": base, "models": [{"model": a}, {"model": b}]},
+        "nearswap": {"base_model": base, "models": [{"model": a}], "parameters": {"t": 0.001}},
+        "arcee_fusion": {"base_model": base, "models": [{"model": base}, {"model": a}]},
+        "ram": {"base_model": base, "models": [{"model": a}, {"model": b}]},
+        "ramplus_tl": {"base_model": base, "models": [{"model": a}, {"model": b}], "parameters": {"r": 0.5}},
     }
 
 
@@ -74,7 +80,8 @@ def m(tiny_llamas):
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
                                     "breadcrumbs_ties", "della", "della_linear", "slerp", "nuslerp", "multislerp",
-                                    "model_stock", "passthrough"])
+                                    "model_stock", "passthrough", "sce", "karcher", "nearswap", "arcee_fusion",
+                                    "ram", "ramplus_tl"])
 def test_mergekit_yaml_each_method(tmp_path, m, method):
     cfg = {"merge_method": method, **method_configs(m)[method], "dtype": "bfloat16", "tokenizer_source": "base"}
     out = tmp_path / "out"
@@ -101,7 +108,7 @@ def test_export_matches_in_memory_merger(tmp_path, m):
     from evomerge.merge.merger import Merger
     from evomerge.models.pool import ModelSpec, load_pool
 
-    for method in ("ties", "dare_ties", "della", "task_arithmetic"):
+    for method in ("ties", "dare_ties", "della", "task_arithmetic", "sce", "karcher", "arcee_fusion", "ramplus_tl"):
         cfg = {"merge_method": method, **method_configs(m)[method]}
         out = tmp_path / method
         assert main([str(mk(tmp_path, cfg, f"{method}.yaml")), str(out), "--no-progress", "--seed", "9"]) == 0

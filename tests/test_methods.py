@@ -466,7 +466,7 @@ def test_registry_refuses_unknown_and_bad_types():
         m.resolve({"weight": [1.0]}, {"normalize": "yes"}, 1, "here")
     with pytest.raises(ValueError, match="needs per-model 'weight'"):
         m.resolve({}, {}, 1, "here")
-    assert len(METHODS) == 14
+    assert len(METHODS) == 20
 
 
 def test_every_method_has_a_documented_config():

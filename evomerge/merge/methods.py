@@ -463,3 +463,135 @@ def passthrough(base, tensors, *, scale, generator=None):
     """The single input tensor, times its optional `scale`."""
     s = float(scale[0])
     return tensors[0] if s == 1.0 else lincomb([tensors[0]], [s])
+
+
+# ---- mergekit 0.1.5's newer methods -------------------------------------------------------------------------------
+# Definitions: mergekit 0.1.5's merge_methods/{sce,karcher,nearswap,arcee_fusion,ram}.py. All their parameters are
+# global; the computation runs in float32 (mergekit computes in the merge dtype, so bf16 merges differ by rounding).
+
+
+def _task_vectors(base: torch.Tensor, tensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base in float32, the stacked task vectors theta_i - theta_b in float32)."""
+    b = _work(base)
+    return b, torch.stack([_work(t) - b for t in tensors])
+
+
+def _top_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """A 0/1 mask of exactly the k largest entries of `x`; ties at the threshold keep the lowest flat indices (a
+    stable descending sort's order; torch.topk's tie order is unspecified)."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if k >= n:
+        return torch.ones_like(x)
+    v = _kth_smallest(flat, n - k + 1)  # the k-th largest
+    above = flat > v
+    eq = flat == v
+    room = k - int(above.sum())
+    keep = above | (eq & (torch.cumsum(eq, 0, dtype=torch.int64) <= room))
+    return keep.to(x.dtype).reshape(x.shape)
+
+
+@register("sce", needs_base=True, params={"select_topk": 1.0, "int8_mask": False})
+def sce(base, tensors, *, select_topk, int8_mask, generator=None):
+    """SCE: keep the select_topk fraction of entries (of those that vary at all) with the largest variance across
+    the task vectors, elect signs by the summed vectors (TIES), and average the agreeing entries with weights
+    proportional to each masked task vector's mean square. `int8_mask` only changes mergekit's mask storage."""
+    b, tvs = _task_vectors(base, tensors)
+    if select_topk < 1:
+        var = tvs.var(dim=0, unbiased=False)
+        k = int(int(torch.count_nonzero(var)) * select_topk) if select_topk > 0 else 0
+        tvs = tvs * (_top_k_mask(var, k) if k > 0 else torch.zeros_like(var))
+    agree = tvs.sign() == torch.where(tvs.sum(0) >= 0, 1.0, -1.0).to(tvs.dtype)
+    w = tvs.square().reshape(len(tensors), -1).mean(1)
+    total = float(w.sum())
+    w = w / total if abs(total) >= 1e-6 else torch.full_like(w, 1.0 / len(tensors))
+    ew = w.reshape(-1, *([1] * (tvs.dim() - 1))) * agree
+    return (b + (tvs * ew).sum(0) / ew.sum(0).clamp_min(1e-6)).to(base.dtype)
+
+
+@register("nearswap", needs_base=True, params={"t": None}, min_models=1, max_models=1)
+def nearswap(base, tensors, *, t, generator=None):
+    """NearSwap: take the other model's value where it is within t of the base's, interpolating with weight
+    t / |theta - theta_b| (clipped to [0, 1]) where it is farther."""
+    a, b = _work(base), _work(tensors[0])
+    w = (float(t) / (a - b).abs().clamp_min(1e-6)).clamp(0.0, 1.0)
+    return (w * b + (1 - w) * a).to(base.dtype)
+
+
+def _ram_parts(base, tensors, epsilon: float):
+    """RAM's shared pieces: float32 base, task vectors, which entries contribute (|tv| > epsilon) and how many
+    models contribute to each entry."""
+    b, tvs = _task_vectors(base, tensors)
+    live = tvs.abs() > epsilon
+    return b, tvs * live, live, live.sum(0)
+
+
+@register("ram", needs_base=True, params={"epsilon": 1e-5})
+def ram(base, tensors, *, epsilon, generator=None):
+    """Reinforced Agent Merging: an entry changed (|tv| > epsilon) by one model takes that model's change, one
+    changed by several takes their mean; unchanged entries stay the base's."""
+    b, tvs, _live, count = _ram_parts(base, tensors, float(epsilon))
+    return (b + tvs.sum(0) / count.clamp_min(1)).to(base.dtype)
+
+
+@register("ramplus_tl", needs_base=True, params={"r": 0.1, "alpha": 0.2, "epsilon": 1e-5})
+def ramplus_tl(base, tensors, *, r, alpha, epsilon, generator=None):
+    """RAM+ (tensor-local): as RAM, but each model's unique entries are amplified by 1 + r * min(rho, alpha),
+    rho = (its entries shared with other models) / (its unique entries), counted in this tensor."""
+    b, tvs, live, count = _ram_parts(base, tensors, float(epsilon))
+    unique, shared = count == 1, count > 1
+    n = len(tensors)
+    rho = (live & shared).reshape(n, -1).sum(1) / (live & unique).reshape(n, -1).sum(1).clamp_min(float(epsilon))
+    lam = 1 + float(r) * rho.clamp(0.0, float(alpha))
+    lam = lam.to(tvs.dtype).reshape(-1, *([1] * (tvs.dim() - 1)))
+    merged = (tvs * (unique * lam + shared / count.clamp_min(1))).sum(0)
+    return (b + merged).to(base.dtype)
+
+
+@register("karcher", needs_base=False, params={"max_iter": 10, "tol": 1e-5})
+def karcher(base, tensors, *, max_iter, tol, generator=None):
+    """Karcher (Riemannian) mean on the unit sphere of the whole tensors, with equal weights, times the mean norm.
+    As in mergekit, every input is averaged, the base model included when the recipe has one."""
+    xs = ([base] if base is not None else []) + list(tensors)
+    if len(xs) == 1:
+        return xs[0]
+    tol = float(tol)
+    vs = [_work(x).reshape(-1) for x in xs]
+    alpha = 1.0 / len(vs)
+    norms = [float(v.norm()) for v in vs]
+    units = [v / n for v, n in zip(vs, norms, strict=True) if n > tol]
+    scale = alpha * sum(norms)
+    if not units:
+        return torch.zeros_like(xs[0])
+    u = sum(units) / len(units)
+    u = units[0].clone() if float(u.norm()) < tol else u / u.norm()
+    for _ in range(int(max_iter)):
+        tangent = torch.zeros_like(u)
+        for x in units:
+            dot = float((u * x).sum().clamp(-1.0, 1.0))
+            theta = math.acos(max(-1.0, min(1.0, dot)))
+            if theta >= tol:
+                tangent += (1.0 / len(units)) * (theta / math.sin(theta)) * (x - dot * u)
+        step = float(tangent.norm())
+        if step < tol:
+            break
+        u = math.cos(step) * u + math.sin(step) * (tangent / step)
+        if float(u.norm()) > tol:
+            u = u / u.norm()
+    return (scale * u).reshape(xs[0].shape).to(xs[0].dtype)
+
+
+@register("arcee_fusion", needs_base=True, min_models=1, max_models=1)
+def arcee_fusion(base, tensors, *, generator=None):
+    """Arcee Fusion: importance = |delta| x KL(softmax(theta) || softmax(theta_b)) along the last dim; keep the
+    delta only where importance >= median + 1.5 IQR (quantiles at sorted index floor(q (n - 1))). Quantiles are
+    exact; mergekit samples 10^6 entries at random above 10^6, so bigger tensors match it only approximately."""
+    a, b = _work(base), _work(tensors[0])
+    p = torch.softmax(b, dim=-1) + 1e-8
+    q = torch.softmax(a, dim=-1) + 1e-8
+    importance = (b - a).abs() * (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+    flat = importance.reshape(-1)
+    n = flat.numel()
+    q1, median, q3 = (float(_kth_smallest(flat, int(f * (n - 1)) + 1)) for f in (0.25, 0.5, 0.75))
+    keep = importance >= median + 1.5 * (q3 - q1)
+    return (a + (b - a) * keep).to(base.dtype)

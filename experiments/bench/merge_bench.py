@@ -42,8 +42,14 @@ METHODS = {
     "multislerp": {"method": "multislerp", "weight": [0.5, 0.5]},
     "model_stock": {"method": "model_stock"},
     "passthrough": {"method": "passthrough"},
+    "sce": {"method": "sce", "params": {"select_topk": 0.5}},
+    "karcher": {"method": "karcher"},
+    "nearswap": {"method": "nearswap", "params": {"t": 0.001}},
+    "arcee_fusion": {"method": "arcee_fusion"},
+    "ram": {"method": "ram"},
+    "ramplus_tl": {"method": "ramplus_tl"},
 }
-ONE_MODEL = {"slerp", "passthrough"}
+ONE_MODEL = {"slerp", "passthrough", "nearswap", "arcee_fusion"}
 FULL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
             num_key_value_heads=16, vocab_size=32000)
 SMALL = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=6, num_attention_heads=4,
