@@ -56,8 +56,13 @@ def dataset_status(src: Any) -> str:
 
 
 def _specs(models_cfg: dict) -> list[tuple[str, str, str]]:
-    out = [("models.base", models_cfg["base"]["name"], models_cfg["base"]["path"])] if models_cfg.get("base") else []
-    return out + [(f"models.sources[{i}]", s["name"], s["path"]) for i, s in enumerate(models_cfg["sources"])]
+    """(where, name, path) of each model; a LoRA source's path is mergekit's BASE+ADAPTER."""
+    base = models_cfg.get("base")
+    out = [("models.base", base["name"], base["path"])] if base else []
+    for i, s in enumerate(models_cfg["sources"]):
+        path = s.get("path") or (base or {}).get("path")
+        out.append((f"models.sources[{i}]", s["name"], f"{path}+{s['lora']}" if s.get("lora") else path))
+    return out
 
 
 def _data_sources(cfg: dict) -> list[tuple[str, Any]]:

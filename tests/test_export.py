@@ -249,3 +249,47 @@ def test_other_architectures_export_and_generate(tmp_path, arch):
     out = tmp_path / "out"
     assert main([str(mk(tmp_path, cfg)), str(out), "--no-progress"]) == 0
     reload_and_generate(out)
+
+
+@pytest.mark.parametrize("template", ["chatml", "auto", "literal"])
+def test_chat_template_written_into_the_tokenizer(tmp_path, m, template):
+    """mergekit's chat_template: a name, `auto` (the inputs' most common template) or Jinja text, written so that
+    AutoTokenizer of the merged model renders with it."""
+    from transformers import AutoTokenizer
+
+    from evomerge.merge import chat_template
+
+    literal = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    src = {}
+    for k in ("a", "b"):  # copies of the experts whose tokenizers carry a template (a, b: literal; base: none)
+        src[k] = tmp_path / f"src_{k}"
+        import shutil
+
+        shutil.copytree(m[k], src[k])
+        chat_template.write(src[k], literal)
+    value = literal if template in ("auto", "literal") else template
+    cfg = {"merge_method": "linear", "chat_template": "auto" if template == "auto" else value,
+           "models": [{"model": str(src["a"]), "parameters": {"weight": 0.5}},
+                      {"model": str(src["b"]), "parameters": {"weight": 0.5}}], "tokenizer_source": m["base"]}
+    out = tmp_path / "out"
+    assert main([str(mk(tmp_path, cfg)), str(out), "--no-progress"]) == 0
+    tok = AutoTokenizer.from_pretrained(out)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert text == ("<|im_start|>user\nhi<|im_end|>\n" if template == "chatml" else "<user>hi")
+    reload_and_generate(out)
+
+
+def test_modules_default_is_the_single_module_form(tmp_path, m):
+    """`modules: {default: ...}` (mergekit's own spelling for a single-module model) merges as the top-level form;
+    other module names are refused by name."""
+    flat = {"merge_method": "task_arithmetic", "base_model": m["base"], "parameters": {"lambda": 0.7},
+            "models": [{"model": m["a"], "parameters": {"weight": 0.5}}, {"model": m["b"], "parameters": {"weight": 0.5}}]}
+    nested = {"merge_method": "task_arithmetic", "base_model": m["base"],
+              "modules": {"default": {"models": flat["models"], "parameters": {"lambda": 0.7}}}}
+    for name, cfg in (("flat", flat), ("nested", nested)):
+        assert main([str(mk(tmp_path, cfg, f"{name}.yaml")), str(tmp_path / name), "--no-progress"]) == 0
+    a, b = load_state(tmp_path / "flat"), load_state(tmp_path / "nested")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bad = {**nested, "modules": {"text_decoder": nested["modules"]["default"], "vision_tower": {"models": []}}}
+    assert main([str(mk(tmp_path, bad, "bad.yaml")), str(tmp_path / "bad"), "--no-progress"]) != 0
+    assert not (tmp_path / "bad").exists()

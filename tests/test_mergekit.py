@@ -135,7 +135,10 @@ def test_passthrough_slices_become_a_path():
      "exactly one source"),
     ({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1}}], "dtype": "int4"},
      "dtype"),
-    ({"merge_method": "linear", "models": [{"model": "A+lora", "parameters": {"weight": 1}}]}, "LoRA"),
+    ({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1}}], "chat_template": "vicuna"},
+     "neither a known template name"),
+    ({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1}}], "chat_template": 3},
+     "chat_template: expected a template name"),
 ])
 def test_refusals(cfg, match):
     with pytest.raises(MergekitConfigError, match=match):

@@ -154,3 +154,26 @@ def test_method_gene_seeds_pick_a_method_that_can_reproduce(pool, merger):
 
 def test_out_of_bounds_seeds_are_left_out(pool):
     assert "source:a" not in space(pool, searched={"weight": (0.2, 1.0)}).seeds()
+
+
+def test_newer_methods_are_gene_choices_with_searched_globals(pool, merger):
+    """sce, ram, ramplus_tl and karcher (mergekit 0.1.5's, global parameters only) as categorical choices: each
+    layer group's method gene picks one, its searched global (select_topk, epsilon, r) comes from its gene, and
+    the decoded recipe merges to finite weights that differ from the base."""
+    methods = ["dare_ties", "sce", "ram", "ramplus_tl", "karcher"]
+    s = space(pool, method=methods, layer_granularity=1, searched={"weight": (0.0, 1.0), "density": (0.2, 1.0)},
+              searched_global={"select_topk": (0.2, 1.0), "r": (0.0, 0.5)})
+    seen = set()
+    for seed in range(8):
+        r = s.decode(np.random.default_rng(seed).uniform(s.xl, s.xu))
+        for i in range(pool.num_layers):
+            rule = r.rule_for(i, "mlp")
+            seen.add(rule.method)
+            if rule.method == "sce":
+                assert set(rule.params) == {"select_topk"} and not rule.per_model
+            if rule.method == "ramplus_tl":
+                assert set(rule.params) == {"r"} and not rule.per_model
+        state = merger.apply(r).state_dict()
+        assert all(torch.isfinite(v.float()).all() for v in state.values())
+        assert any(not torch.equal(state[k], pool.state["base"][k]) for k in state if k in pool.state["base"])
+    assert seen == set(methods)

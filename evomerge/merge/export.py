@@ -418,6 +418,16 @@ def _copy_tokenizer(job: MergeJob, ref: LazyCheckpoint, ckpts, out_dir: Path) ->
         shutil.copy(src / f, out_dir / f)
     if not copied:
         log.warning("no tokenizer files in %s; the merged model has no tokenizer", src)
+    if job.chat_template:
+        from evomerge.merge import chat_template
+
+        template = chat_template.resolve(job.chat_template, [c.path for c in ckpts.values()])
+        if template is None:
+            log.warning("chat_template: auto, but no input model has a chat template; none written")
+        elif not copied:
+            log.warning("chat_template given but the merged model has no tokenizer; not written")
+        else:
+            chat_template.write(out_dir, template)
 
 
 def _write_card(job: MergeJob, arch: ArchMap, num_layers: int, out_dir: Path) -> None:

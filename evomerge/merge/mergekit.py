@@ -22,12 +22,12 @@ from evomerge.recipe import FILTER, GROUPS, Hop, Recipe, Rule
 
 log = logging.getLogger(__name__)
 
-TOP_KEYS = {"merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source"}
+TOP_KEYS = {"merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",
+            "chat_template"}
 KNOWN_UNSUPPORTED = {
-    "modules": "multi-module architectures are not supported",
-    "tokenizer": "the `tokenizer:` block (union vocabularies, token overrides) is not supported; use "
-                 "`tokenizer_source: base` or a model path",
-    "chat_template": "chat_template is not supported; edit tokenizer_config.json after the merge",
+    "tokenizer": "the `tokenizer:` block (union vocabularies, token overrides) is not supported: evomerge merges "
+                 "models over one shared vocabulary; use `tokenizer_source: base` or a model path (or "
+                 "truncate_vocab for vocabularies that differ only in padding rows)",
 }
 IGNORED_PARAMS = {"int8_mask"}  # changes only how mergekit stores masks, never the merged values
 DTYPES = ("float32", "float16", "bfloat16")
@@ -50,6 +50,7 @@ class MergeJob:
     dtype: str | None = None  # compute dtype the inputs are cast to (mergekit `dtype`)
     out_dtype: str | None = None
     tokenizer_source: str | None = None  # a model name/path; None = the base (or first) model
+    chat_template: str | None = None  # a name, Jinja text or "auto" (evomerge/merge/chat_template.py)
 
 
 # ---- parameter values ---------------------------------------------------------------------------------------------
@@ -99,9 +100,28 @@ def _model_entries(entries: Any, where: str) -> list[tuple[str, dict]]:
         bad = set(e) - {"model", "parameters", "layer_range"}
         if bad:
             raise MergekitConfigError(f"{where}[{i}]: unsupported key(s) {sorted(bad)}")
-        if "+" in str(e["model"]):
-            raise MergekitConfigError(f"{where}[{i}]: LoRA inputs ('model+lora') are not supported: {e['model']}")
         out.append((str(e["model"]), dict(e.get("parameters") or {})))
+    return out
+
+
+def _single_module(cfg: dict, where: str) -> dict:
+    """mergekit's `modules: {default: {models|slices, parameters}}` (what it builds itself for a single-module
+    architecture) as the plain top-level form; several modules (vision + text towers) are refused."""
+    mods = cfg["modules"]
+    if not isinstance(mods, dict) or not mods:
+        raise MergekitConfigError(f"{where}.modules: expected a mapping of module name -> {{models|slices}}")
+    if list(mods) != ["default"]:
+        raise MergekitConfigError(f"{where}.modules: {sorted(mods)}: multi-module architectures are not supported; "
+                                  "the architectures evomerge merges have one module, 'default'")
+    mod = mods["default"]
+    if not isinstance(mod, dict) or set(mod) - {"models", "slices", "parameters"}:
+        raise MergekitConfigError(f"{where}.modules.default: expected {{models|slices, parameters}}, found {mod!r}")
+    if ("models" in cfg or "slices" in cfg) and ("models" in mod or "slices" in mod):
+        raise MergekitConfigError(f"{where}: give the models or slices either at the top or in modules.default")
+    out = {k: v for k, v in cfg.items() if k != "modules"}
+    out.update({k: mod[k] for k in ("models", "slices") if k in mod})
+    if mod.get("parameters"):
+        out["parameters"] = {**(cfg.get("parameters") or {}), **mod["parameters"]}
     return out
 
 
@@ -129,6 +149,8 @@ def from_mergekit(cfg: dict, arch: ArchMap, num_layers: int, layer_suffixes: lis
     `arch`, `num_layers`, `layer_suffixes` (tensor names inside one layer, after the layer prefix) and `non_layer`
     (embeddings, final norm, head) describe the checkpoint, so gradients and filters can be evaluated per tensor.
     """
+    if isinstance(cfg, dict) and "modules" in cfg:
+        cfg = _single_module(cfg, where)
     _check_top(cfg, where)
     method_name = str(cfg["merge_method"])
     try:
@@ -141,8 +163,17 @@ def from_mergekit(cfg: dict, arch: ArchMap, num_layers: int, layer_suffixes: lis
     tok = cfg.get("tokenizer_source")
     if tok is not None and tok != "base":
         if tok == "union":
-            raise MergekitConfigError(f"{where}.tokenizer_source: 'union' is not supported; use 'base' or a model")
+            raise MergekitConfigError(f"{where}.tokenizer_source: 'union' is not supported (evomerge merges models "
+                                      "over one shared vocabulary and builds no union tokenizer); use 'base' or a "
+                                      "model")
         job.tokenizer_source = str(tok)
+    if cfg.get("chat_template") is not None:
+        from evomerge.merge import chat_template
+
+        try:
+            job.chat_template = chat_template.check(cfg["chat_template"], f"{where}.chat_template")
+        except ValueError as e:
+            raise MergekitConfigError(str(e)) from None
 
     if "slices" in cfg:
         slices = _read_slices(cfg["slices"], where)

@@ -21,16 +21,24 @@ DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "flo
 
 
 def specs(cfg: Any) -> tuple[list[ModelSpec], ModelSpec | None]:
-    """Model specs from `cfg.models`, with clear errors for malformed entries."""
-    def spec(d, where):
-        if not d or "name" not in d or "path" not in d:
-            raise ValueError(f"{where}: expected {{name, path}}, found {d!r}")
-        return ModelSpec(str(d["name"]), str(d["path"]))
+    """Model specs from `cfg.models`, with clear errors for malformed entries. A source may be a LoRA adapter,
+    `{name, lora: ADAPTER}`, on top of its `path` or, without one, of the base model."""
+    def spec(d, where, default_path=None):
+        if not d or "name" not in d or ("path" not in d and not (d.get("lora") and default_path)):
+            raise ValueError(f"{where}: expected {{name, path}} (or {{name, lora}} on top of models.base), "
+                             f"found {d!r}")
+        bad = set(d) - {"name", "path", "lora"}
+        if bad:
+            raise ValueError(f"{where}: unknown key(s) {sorted(bad)}; a model is {{name, path, lora (optional)}}")
+        return ModelSpec(str(d["name"]), str(d.get("path") or default_path),
+                         str(d["lora"]) if d.get("lora") else None)
 
     if not cfg.get("sources"):
         raise ValueError("models.sources: empty; expected at least one {name, path}")
-    sources = [spec(d, f"models.sources[{i}]") for i, d in enumerate(cfg["sources"])]
     base = spec(cfg["base"], "models.base") if cfg.get("base") else None
+    if base is not None and base.lora:
+        raise ValueError("models.base.lora: the base model cannot be an adapter; fold it first or make it a source")
+    sources = [spec(d, f"models.sources[{i}]", base.path if base else None) for i, d in enumerate(cfg["sources"])]
     names = [s.name for s in sources] + ([base.name] if base else [])
     if len(set(names)) != len(names):
         raise ValueError(f"models: model names must be unique, found {names}")
@@ -42,6 +50,15 @@ def _ensure_zoo(cfg: Any, zoo_root: str) -> None:
         from evomerge.zoo import ensure
 
         ensure(cfg["zoo"], zoo_root, seed=cfg.get("zoo_seed", 0), **dict(cfg.get("zoo_options") or {}))
+
+
+def _folded(spec: ModelSpec, where: str) -> ModelSpec:
+    """A LoRA source as the folder of its folded checkpoint (built once, cached); other sources as they are."""
+    if not spec.lora:
+        return spec
+    from evomerge.models.pool import resolve_model
+
+    return ModelSpec(spec.name, str(resolve_model(f"{spec.path}+{spec.lora}", where)))
 
 
 def tokenizer_only(cfg: Any, zoo_root: str) -> SimpleNamespace:
@@ -62,6 +79,7 @@ def build(cfg: Any, zoo_root: str, device: str = "cpu", seed: int = 0, progress=
     dtype = cfg.get("dtype")
     if dtype not in DTYPES:
         raise ValueError(f"models.dtype: expected one of {list(DTYPES)}, found {dtype!r}")
+    sources = [_folded(s, f"models.sources[{i}]") for i, s in enumerate(sources)]
     return load_pool(sources, base, dtype=DTYPES[dtype], device=device,
                      tokenizer_source=cfg.get("tokenizer_source"),
                      trust_remote_code=bool(cfg.get("trust_remote_code", False)), progress=progress,

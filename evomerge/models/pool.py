@@ -30,6 +30,7 @@ LOCAL_ARCHITECTURES = {"DigitsCNN": "evomerge.zoo.digits:DigitsCNN"}
 class ModelSpec:
     name: str
     path: str
+    lora: str | None = None  # a PEFT LoRA adapter folded on top of `path` (evomerge/models/lora.py)
 
 
 @dataclass
@@ -92,7 +93,13 @@ CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt",
 def resolve_model(ref: str, where: str = "model") -> Path:
     """A local folder as is; a hub id (`org/name[@revision]`) through huggingface_hub's cache and downloads
     (`snapshot_download`, weights as safetensors only). Offline (HF_HUB_OFFLINE=1, evomerge's default) a cached
-    snapshot is used and a missing one fails at once, naming the id."""
+    snapshot is used and a missing one fails at once, naming the id. mergekit's `BASE+ADAPTER` (a LoRA adapter on
+    a base, each a folder or hub id) resolves to the folded checkpoint (evomerge/models/lora.py)."""
+    from evomerge.models import lora
+
+    parts = lora.split_ref(ref)
+    if parts is not None:
+        return lora.materialize(resolve_model(parts[0], where), resolve_model(parts[1], f"{where} (adapter)"), where)
     if not is_hub_id(ref):
         return resolve_path(ref)
     from huggingface_hub import snapshot_download
@@ -110,7 +117,17 @@ def resolve_model(ref: str, where: str = "model") -> Path:
 
 
 def check_exists(spec: ModelSpec, where: str) -> None:
-    """Fail fast, before loading anything, on a missing model folder or a hub id that cannot be fetched."""
+    """Fail fast, before loading anything, on a missing model folder or a hub id that cannot be fetched (and, for
+    a LoRA input, a missing or unfoldable adapter)."""
+    from evomerge.models import lora
+
+    parts = lora.split_ref(spec.path)
+    if parts is not None or spec.lora:
+        base, adapter = parts if parts is not None else (spec.path, spec.lora)
+        check_exists(ModelSpec(spec.name, base), where)
+        if not is_hub_id(adapter):
+            lora.check_adapter(resolve_path(adapter), f"{where}.lora")
+        return
     p = resolve_path(spec.path)
     if p.exists():
         if not (p / "config.json").exists():
