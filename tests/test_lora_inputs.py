@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import peft  # installed with lm-eval[hf]; the smol_jp zoo needs it too
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
-peft = pytest.importorskip("peft", reason="peft is a dev dependency (pip install -e '.[dev]')")
 
 
 def load_state(folder: Path) -> dict[str, torch.Tensor]:

@@ -27,16 +27,46 @@ COLUMNS = [("jp_math/acc_ja", "target (JA math, JA answer)"), ("jp_math/acc", "r
            ("jp_math/ja_rate", "Japanese answer"), ("ja_general/acc_ja", "JA general")]
 TA_GRID = [0.5, 0.75, 1.0]  # lambda per expert: 9 merges scored on validation
 TIES_GRID = [(lam, d) for lam in (0.75, 1.0, 1.5) for d in (0.3, 0.7)]  # (lambda, density): 6 merges
+# search name -> (experiment config, row label)
+SEARCHES = {"ps": ("smol_jp", "evolved PS (CMA-ES, target only)"),
+            "graded": ("smol_jp_graded", "evolved PS (CMA-ES, graded fitness)"),
+            "nsga2": ("smol_jp_nsga2", "evolved PS (NSGA-II, 3 objectives)")}
 
 
-def compose(overrides: list[str]) -> dict:
+def compose(overrides: list[str], experiment: str = "smol_jp") -> dict:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module("evomerge.conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["experiment=smol_jp", *overrides])
+        cfg = hydra_compose("config", overrides=[f"experiment={experiment}", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def pareto_plot(run_dirs: list[Path], out: Path) -> int:
+    """The NSGA-II fronts' members on the test split: right number vs Japanese answer (size: the target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    n = 0
+    for d in run_dirs:
+        f = d / "pareto_final.json"
+        if not f.exists():
+            continue
+        pts = [m["metrics"] for m in json.loads(f.read_text()) if m.get("metrics")]
+        n += len(pts)
+        ax.scatter([100 * p["jp_math/acc"] for p in pts], [100 * p["jp_math/ja_rate"] for p in pts],
+                   s=[20 + 400 * p["jp_math/acc_ja"] for p in pts], alpha=0.6, label=d.name)
+    ax.set_xlabel("right number, % (test)")
+    ax.set_ylabel("Japanese answer, % (test)")
+    ax.set_title("smol_jp NSGA-II fronts (marker size: target)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return n
 
 
 def items(out, what: str) -> np.ndarray:
@@ -60,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--runs", required=True, help="run directories go here (reused / resumed)")
     ap.add_argument("--out", default="experiments/smol_jp/table.md")
+    ap.add_argument("--searches", default="ps", help=f"comma-separated, of {sorted(SEARCHES)}")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every search, e.g. search.budget=30")
     args = ap.parse_args(argv)
     from evomerge import models as models_pkg
@@ -110,51 +141,70 @@ def main(argv=None) -> int:
     print(f"baselines tuned in {t_grid:.0f} s: TA {lj}, {lm} (validation {ta_val[(lj, lm)]:.3f}); TIES {lam}, "
           f"{dens} (validation {ties_val[(lam, dens)]:.3f})", flush=True)
 
-    evolved, evo_vec, used, cost = [], [], [], []
-    for seed in seeds:
-        run_dir = runs / f"ps_seed{seed}"
-        scfg = compose([f"seed={seed}", *args.overrides])
-        if not (run_dir / "final.json").exists():
-            run(scfg | {"resume": (run_dir / "evaluations.jsonl").exists()}, run_dir)
-        final = json.loads((run_dir / "final.json").read_text())
-        used.append(int(final["evaluations"]))
-        m = next(r["metrics"] for r in final["final"] if r["model"] == "evolved (best)")
-        best = Recipe.load(run_dir / "best_recipe.yaml")
-        worker.merger.apply(best)  # warm (the first apply of a method builds its per-search memo)
-        t1 = time.perf_counter()
-        worker.merger.apply(best)
-        t2 = time.perf_counter()
-        out = worker.evaluate(best, "test")
-        v = items(out, f"seed {seed}")
-        if abs(v.mean() - m[TARGET]) > 1e-9:
-            raise RuntimeError(f"seed {seed}: re-scored target {v.mean()} != {m[TARGET]} in {run_dir}/final.json")
-        evolved.append(m)
-        evo_vec.append(v)
-        recs = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines() if line]
-        walls = [r["wall_time"] for r in recs if not r.get("cached") and r.get("wall_time")]
-        cost.append((t2 - t1, float(np.median(walls)) if walls else float("nan")))
+    def search(name: str):
+        """Each seed's run of search `name` (reused when finished, resumed when interrupted): its held-out
+        metrics, per-item test vector, evaluations used and (merge s, evaluation s)."""
+        experiment = SEARCHES[name][0]
+        evolved, evo_vec, used, cost, dirs = [], [], [], [], []
+        for seed in seeds:
+            run_dir = runs / f"{name}_seed{seed}"
+            dirs.append(run_dir)
+            scfg = compose([f"seed={seed}", *args.overrides], experiment)
+            if not (run_dir / "final.json").exists():
+                run(scfg | {"resume": (run_dir / "evaluations.jsonl").exists()}, run_dir)
+            final = json.loads((run_dir / "final.json").read_text())
+            used.append(int(final["evaluations"]))
+            m = next(r["metrics"] for r in final["final"] if r["model"] == "evolved (best)")
+            best = Recipe.load(run_dir / "best_recipe.yaml")
+            worker.merger.apply(best)  # warm (the first apply of a method builds its per-search memo)
+            t1 = time.perf_counter()
+            worker.merger.apply(best)
+            t2 = time.perf_counter()
+            out = worker.evaluate(best, "test")
+            v = items(out, f"{name} seed {seed}")
+            if abs(v.mean() - m[TARGET]) > 1e-9:
+                raise RuntimeError(f"seed {seed}: re-scored target {v.mean()} != {m[TARGET]} in {run_dir}/final.json")
+            evolved.append(m)
+            evo_vec.append(v)
+            recs = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines() if line]
+            walls = [r["wall_time"] for r in recs if not r.get("cached") and r.get("wall_time")]
+            cost.append((t2 - t1, float(np.median(walls)) if walls else float("nan")))
+        return evolved, np.stack(evo_vec), used, cost, dirs
 
     head = "| model | " + " | ".join(c for _, c in COLUMNS) + " |"
     lines = [head, "|---|" + "---|" * len(COLUMNS)]
     for label, metrics in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{100 * metrics[k]:.1f}" for k, _ in COLUMNS) + " |")
     numbers = {f"{label.split(' (')[0]}/{k}": metrics[k] for label, metrics in rows.items() for k, _ in COLUMNS}
-    cells = []
-    for k, _ in COLUMNS:
-        mean, lo, hi = bootstrap_mean([m[k] for m in evolved])
-        numbers[f"evolved PS/{k}"] = (mean, lo, hi)
-        cells.append(f"{100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
-    lines.append(f"| evolved PS ({len(seeds)} seeds, {'/'.join(map(str, sorted(set(used))))} evaluations) | "
-                 + " | ".join(cells) + " |")
-    evo = np.stack(evo_vec)
-    verdicts = []
-    for label in rows:
-        d, lo, hi = paired_bootstrap(evo, vec[label])
-        verdicts.append(f"- minus {label}: {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points: "
-                        + ("**better**" if lo > 0 else "worse" if hi < 0 else "not distinguishable"))
+    verdicts, all_cost, pareto_dirs = [], [], []
+    for name in args.searches.split(","):
+        evolved, evo, used, cost, dirs = search(name)
+        all_cost += cost
+        if name == "nsga2":
+            pareto_dirs = dirs
+        label = SEARCHES[name][1]
+        cells = []
+        for k, _ in COLUMNS:
+            mean, lo, hi = bootstrap_mean([m[k] for m in evolved])
+            numbers[f"{label}/{k}"] = (mean, lo, hi)
+            cells.append(f"{100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
+        lines.append(f"| {label} ({len(seeds)} seeds, {'/'.join(map(str, sorted(set(used))))} evaluations) | "
+                     + " | ".join(cells) + " |")
+        verdicts += ["", f"{label} against each row (paired bootstrap over seeds and test items, 10,000 resamples):",
+                     ""]
+        for other in rows:
+            d, lo, hi = paired_bootstrap(evo, vec[other])
+            verdicts.append(f"- minus {other}: {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points: "
+                            + ("**better**" if lo > 0 else "worse" if hi < 0 else "not distinguishable"))
+    if pareto_dirs:
+        n_front = pareto_plot(pareto_dirs, Path(args.out).with_name("pareto.png"))
+        verdicts += ["", f"Pareto plot: `{Path(args.out).with_name('pareto.png')}` ({n_front} front members of the "
+                     "NSGA-II runs, each scored once on the test split; never used for selection)."]
+    cost = all_cost
     merge_s, eval_s = np.median([c[0] for c in cost]), np.median([c[1] for c in cost])
     n_test = len(next(iter(vec.values())))
-    cmd = "python experiments/smol_jp/table.py " + " ".join([f"--seeds {args.seeds}", *args.overrides])
+    cmd = "python experiments/smol_jp/table.py " + " ".join([f"--seeds {args.seeds}", f"--searches {args.searches}",
+                                                              *args.overrides])
     header, facts = provenance(cmd, Path(cfg["paths"]["zoo"]).expanduser() / "smol_jp")
     text = "\n".join([
         "# smol_jp: Sakana's jp_math study on real weights (SmolLM2-135M-Instruct, LoRA experts)", "", *header,
@@ -162,9 +212,7 @@ def main(argv=None) -> int:
         f"Held-out test split ({n_test} problems), accuracy in %. Evolved: mean [95% bootstrap interval over the "
         f"search seeds {seeds}; with 3 seeds about their min-max]. Baselines tuned on the validation split "
         f"(task arithmetic on a {len(TA_GRID)}x{len(TA_GRID)} lambda grid, TIES on {len(TIES_GRID)} (lambda, "
-        "density) points), scored once on test.", "", *lines, "",
-        "Evolved PS against each row (paired bootstrap over seeds and test items, 10,000 resamples):", "",
-        *verdicts, "", preconditions_pkg.format_results(pre), "",
+        "density) points), scored once on test.", "", *lines, *verdicts, "", preconditions_pkg.format_results(pre), "",
         f"Per candidate: merge in memory {merge_s:.2f} s (warm), whole evaluation (merge + fitness scoring) {eval_s:.1f} s "
         f"(median over each search's evaluations), so {60 / eval_s:.1f} evaluations per minute; merging is "
         f"{100 * merge_s / eval_s:.0f}% of the cost."])
