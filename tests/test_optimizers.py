@@ -135,3 +135,82 @@ def test_cmaes_restarts(strategy):
 def test_bad_options_are_clear(cfg, n_obj, match):
     with pytest.raises(ValueError, match=match):
         optimizer_pkg.build(cfg, XL, XU, n_obj, 0)
+
+
+# ---- Optuna's samplers (evomerge/optimizer/optuna_adapter.py) -----------------------------------------------------
+
+
+def optuna_opt(sampler, n_obj=1, **kw):
+    cfg = {"kind": "optuna", "sampler": sampler, "popsize": kw.pop("popsize", 8), **kw.pop("cfg", {})}
+    if sampler in ("tpe", "gp", "cmaes"):
+        cfg["n_startup_trials"] = 8
+    return optimizer_pkg.build(cfg, kw.pop("xl", XL), kw.pop("xu", XU), n_obj, kw.pop("seed", 0), **kw)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "cmaes", "qmc", "random"])
+def test_optuna_samplers_seed_first_and_improve(sampler):
+    seeds = np.array([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+    opt = optuna_opt(sampler, initial=seeds, popsize=4 if sampler == "gp" else 8)
+    X = opt.ask()
+    assert np.array_equal(X[:2], seeds) and np.all(X >= XL) and np.all(X <= XU)
+    best = sphere(X).min()
+    opt.tell(X, sphere(X))
+    for _ in range(5 if sampler == "gp" else 8):
+        X = opt.ask()
+        opt.tell(X, sphere(X))
+        best = min(best, sphere(X).min())
+    if sampler in ("tpe", "gp", "cmaes"):
+        assert best < 0.05, best  # the model-based samplers find the bowl at (0.3, ...) quickly
+
+
+def test_optuna_same_seed_same_proposals_and_mixed_variables():
+    xl, xu = np.array([0.0, 0, 0, 0]), np.array([1.0, 5, 1, 3])
+    types = ["real", "int", "bool", "cat"]
+    runs = []
+    for seed in (1, 1, 2):
+        opt = optuna_opt("tpe", xl=xl, xu=xu, var_types=types, seed=seed)
+        for _ in range(3):
+            X = opt.ask()
+            assert np.all(X[:, 1:] == np.round(X[:, 1:])) and np.all(X >= xl) and np.all(X <= xu)
+            opt.tell(X, sphere(X))
+        runs.append(opt.ask())
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+    assert len(np.unique(runs[0][:, 3])) > 1
+
+
+def test_optuna_multi_objective_and_constraints():
+    opt = optuna_opt("tpe", n_obj=2, n_constr=1)
+    feasible = []
+    for g in range(8):
+        X = opt.ask()
+        G = np.maximum(0.0, X[:, 0] - 0.2)  # feasible only for x0 <= 0.2
+        opt.tell(X, two(X), G)
+        if g >= 4:
+            feasible.append(np.mean(G <= 0))
+    assert np.mean(feasible) > 0.5  # the constrained TPE learns to stay in the feasible slice
+    assert len(opt.study.best_trials) >= 2  # a Pareto set, not one best
+
+
+def test_optuna_failed_candidates_are_failed_trials():
+    from optuna.trial import TrialState
+
+    from evomerge.search.objectives import WORST
+
+    opt = optuna_opt("tpe")
+    X = opt.ask()
+    F = sphere(X)
+    F[0] = WORST
+    opt.tell(X, F)
+    states = [t.state for t in opt.study.trials]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == len(X) - 1
+
+
+@pytest.mark.parametrize("cfg,n_obj,match", [
+    ({"sampler": "smac"}, 1, "optimizer.sampler: expected one of"),
+    ({"sampler": "cmaes"}, 2, "single-objective"),
+    ({"sampler": "tpe", "popsize": 0}, 1, "popsize"),
+    ({"sampler": "tpe", "n_trials": 5}, 1, "unknown option"),
+])
+def test_optuna_bad_options_are_clear(cfg, n_obj, match):
+    with pytest.raises(ValueError, match=match):
+        optimizer_pkg.build({"kind": "optuna", **cfg}, XL, XU, n_obj, 0)

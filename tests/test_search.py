@@ -82,6 +82,10 @@ def search(tmp_path, kind="cmaes", objectives=OBJ1, budget=40, space=None, execu
     space = space or FakeSpace()
     init = np.array(list(space.seeds().values()))
     cfg = {"kind": kind, "popsize": 8}
+    if kind.startswith("optuna:"):  # Optuna's samplers: optuna:<sampler>
+        cfg = {"kind": "optuna", "sampler": kind.split(":")[1], "popsize": 8}
+        if cfg["sampler"] in ("tpe", "gp"):
+            cfg["n_startup_trials"] = 8
     opt = optimizer_pkg.build(cfg, space.xl, space.xu, len(objectives), seed, init, space.var_types,
                               n_constr=1 if hasattr(space, "constraint") else 0)
     s = SearchSettings.parse({"budget": budget, **settings}, len(objectives))
@@ -93,7 +97,7 @@ def essence(records):
     return [(r["id"], r["generation"], np.round(r["genome"], 12).tolist(), r["metrics"], r["rung"]) for r in records]
 
 
-@pytest.mark.parametrize("kind", ["cmaes", "nsga2", "random", "ga", "de", "pso"])
+@pytest.mark.parametrize("kind", ["cmaes", "nsga2", "random", "ga", "de", "pso", "optuna:tpe", "optuna:nsga2"])
 def test_every_optimiser_runs_through_the_loop_and_respects_direction(tmp_path, kind):
     res = search(tmp_path, kind, budget=32)
     assert len(res.records) == 32 and len(read_jsonl(tmp_path / "evaluations.jsonl")) == 32
@@ -310,6 +314,7 @@ def test_same_seed_identical_different_seed_differs(tmp_path):
     ("cmaes", OBJ1, {}), ("nsga2", OBJ2, {}), ("random", OBJ1, {"minibatch": 40, "resample": True}),
     ("cmaes", OBJ1, {"fidelity": {"rungs": [0.111, 0.333, 1.0], "eta": 3}}), ("ga", OBJ2, {}),
     ("nsga2", OBJ2, {"fidelity": {"rungs": [0.111, 0.333, 1.0], "eta": 3, "mode": "hyperband"}}),
+    ("optuna:tpe", OBJ1, {}), ("optuna:tpe", OBJ2, {}), ("optuna:gp", OBJ1, {}),
 ])
 def test_crash_at_any_evaluation_then_resume_is_exact(tmp_path, kind, objectives, extra):
     """In-process stand-in for SIGKILL: the executor dies after k evaluations; a fresh loop resumes."""

@@ -16,7 +16,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KINDS = ["cmaes", "random", "nsga2", "nsga3", "ga", "de", "pso"]
+KINDS = ["cmaes", "random", "nsga2", "nsga3", "ga", "de", "pso", "optuna"]
 
 
 class Optimizer(Protocol):
@@ -31,7 +31,7 @@ class Optimizer(Protocol):
 
 def is_scalarising(kind: str, n_obj: int) -> bool:
     """True when this optimiser sees one weighted sum instead of the objective vector."""
-    return n_obj > 1 and kind in ("cmaes", "ga", "de", "pso")
+    return n_obj > 1 and kind in ("cmaes", "ga", "de", "pso")  # optuna's samplers see the vector (tpe, nsga2, ...)
 
 
 def build(cfg: Any, xl: np.ndarray, xu: np.ndarray, n_obj: int, seed: int, initial: np.ndarray | None = None,
@@ -59,6 +59,12 @@ def build(cfg: Any, xl: np.ndarray, xu: np.ndarray, n_obj: int, seed: int, initi
         cfg.pop("weights", None)
         return RandomSearch(xl, xu, seed=seed, initial=initial, var_types=var_types, n_obj=n_obj,
                             **_options(cfg, RandomSearch, kind))
+    if kind == "optuna":
+        from evomerge.optimizer.optuna_adapter import OptunaOptimizer
+
+        cfg.pop("weights", None)
+        return OptunaOptimizer(xl, xu, n_obj=n_obj, seed=seed, initial=initial, var_types=var_types,
+                               n_constr=n_constr, **_options(cfg, OptunaOptimizer, kind))
     if kind in KINDS:
         from evomerge.optimizer.pymoo_adapter import PymooOptimizer
 
