@@ -36,7 +36,7 @@ def build(cfg: Any, pool, seed: int = 0, device: str = "cpu") -> list:
         if kind not in KINDS:
             raise ValueError(f"evaluator.{name}.kind: unknown evaluator {kind!r}; expected one of {sorted(KINDS)}")
         cls = evaluator_class(kind)
-        options = {k: v for k, v in ev.items() if k != "kind"}
+        options = {k: v for k, v in ev.items() if k not in ("kind", "anchors")}
         accepted = set(inspect.signature(cls).parameters) - {"tokenizer", "name", "seed", "device"}
         unknown = sorted(set(options) - accepted)
         if unknown:
@@ -44,7 +44,16 @@ def build(cfg: Any, pool, seed: int = 0, device: str = "cpu") -> list:
                              f"{sorted(accepted)}")
         if KINDS[kind][1]:
             options["tokenizer"] = getattr(pool, "tokenizer", None)
-        evaluators.append(cls(name=name, seed=seed, device=device, **options))
+        built = cls(name=name, seed=seed, device=device, **options)
+        if ev.get("anchors"):  # scored on anchor items, whole-split estimates (evomerge/evaluator/anchors.py)
+            from evomerge.evaluator.anchors import AnchoredEvaluator
+
+            a = dict(ev["anchors"])
+            unknown = sorted(set(a) - {"k", "estimator"})
+            if unknown:
+                raise ValueError(f"evaluator.{name}.anchors: unknown option(s) {unknown}; expected k, estimator")
+            built = AnchoredEvaluator(built, pool, seed=seed, **a)
+        evaluators.append(built)
     names = [m for e in evaluators for m in e.metric_names()]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluator: two evaluators produce the same metric name(s) in {names}")

@@ -183,6 +183,11 @@ class JPMathEvaluator:
                      "validation": items(validation, "validation") if validation is not None else [fit[i] for i in rest],
                      "test": items(test, "test") if test is not None else []}
 
+    def item_scores(self, records: list[dict]) -> dict[str, np.ndarray]:
+        """Per-item scores behind the rate metrics, in item order (anchor estimates: evaluator/anchors.py)."""
+        return {f"{self.name}/{m}": np.array([float(r[key]) for r in records])
+                for m, key in (("acc", "number_correct"), ("acc_ja", "correct"), ("ja_rate", "japanese"))}
+
     def metric_names(self) -> list[str]:
         return [f"{self.name}/{m}" for m in ("acc", "acc_ja", "ja_rate", "answer_rate")]
 

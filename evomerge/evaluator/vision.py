@@ -79,6 +79,11 @@ class VisionEvaluator:
             self.data["validation"][task] = val
             self.data["test"][task] = DATASETS[dataset](task, "test", **(dataset_kwargs or {}))
 
+    def item_scores(self, records: list[dict]) -> dict[str, np.ndarray]:
+        """Per-item correctness for each task's accuracy and their mean, in item order (evaluator/anchors.py)."""
+        per_task = {t: np.array([float(r["correct"]) for r in records if r["task"] == t]) for t in self.tasks}
+        return {**{f"acc/{t}": v for t, v in per_task.items()}, "acc/mean": np.mean(list(per_task.values()), 0)}
+
     def metric_names(self) -> list[str]:
         return [f"{k}/{t}" for k in ("acc", "loss") for t in self.tasks] + ["acc/mean", "loss/mean"]
 

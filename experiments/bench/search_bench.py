@@ -11,8 +11,16 @@ Goal: <= 1/3. Medians over seeds.
 
 Part C - a multi-objective run (one objective per task, NSGA-II): Pareto front size and hypervolume per generation.
 
+Part D - the search-efficiency goal (issue 18): CMA-ES at full fidelity is the reference; for each method (random
+search, Optuna's TPE and GP samplers, CMA-ES on anchor-item estimates, CMA-ES with successive halving) and each
+seed, the evaluated samples until the best-so-far candidate's held-out test score first reaches the reference's
+final held-out score, as a ratio to the reference's total evaluated samples (the reference's own row: when it first
+got there), and each method's held-out score within the reference's total samples. Anchor runs count their calibration (every pool model and the average
+scored on the whole fitness split) in their samples. Goal: median ratio <= 1/3.
+
     python experiments/bench/search_bench.py            # 3 seeds (about 10-20 min on 2 busy cores)
     python experiments/bench/search_bench.py --quick    # 1 seed, small budgets (a smoke test)
+    python experiments/bench/search_bench.py --parts D --seeds 5   # the issue-18 goal table
 """
 
 from __future__ import annotations
@@ -46,13 +54,15 @@ from evomerge.search.objectives import Objective  # noqa: E402
 FITNESS_SAMPLES: list[str] = []  # extra override, e.g. ["evaluator.digits.fitness_samples=360"]
 
 
-def load_digits(seed: int):
+def load_digits(seed: int, anchors: dict | None = None):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module(config_module="evomerge.conf", version_base="1.3"):
         cfg = OmegaConf.to_container(compose("config", overrides=["experiment=digits", f"seed={seed}",
                                                                   *FITNESS_SAMPLES]), resolve=True)
+    if anchors:
+        cfg["evaluator"]["digits"]["anchors"] = anchors
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"])
     space = space_pkg.build(cfg["space"], cfg["merge"], pool, seed=seed)
     evaluators = evaluators_pkg.build(cfg["evaluator"], pool, seed=seed)
@@ -79,10 +89,10 @@ class CountingLogger:
         pass
 
 
-def search(space, worker, objectives, kind, popsize, budget, seed, fidelity=None, n_fitness=200):
+def search(space, worker, objectives, kind, popsize, budget, seed, fidelity=None, n_fitness=200, options=None):
     seeds = np.array(list(space.seeds().values()))
-    opt = optimizer_pkg.build({"kind": kind, "popsize": popsize}, space.xl, space.xu, len(objectives), seed, seeds,
-                              space.var_types)
+    opt = optimizer_pkg.build({"kind": kind, "popsize": popsize, **(options or {})}, space.xl, space.xu,
+                              len(objectives), seed, seeds, space.var_types)
     logger = CountingLogger(objectives)
     with tempfile.TemporaryDirectory() as d:
         res = run_search(space, opt, SerialExecutor(worker), objectives,
@@ -183,12 +193,74 @@ def part_c(seed, budget):
     return res
 
 
+def part_d(seeds, budget, k_anchors=40):
+    obj = [Objective("acc/mean", "max")]
+    methods = {  # name -> (optimizer kind, popsize, options, evaluations, fidelity, anchors)
+        "random": ("random", 12, {}, budget, None, None),
+        "TPE (optuna)": ("optuna", 12, {"sampler": "tpe", "n_startup_trials": 12}, budget, None, None),
+        "GP (optuna)": ("optuna", 4, {"sampler": "gp", "n_startup_trials": 12}, budget, None, None),
+        f"CMA-ES + anchors (k={k_anchors}, pirt)": ("cmaes", 12, {}, 3 * budget, None,
+                                                    {"k": k_anchors, "estimator": "pirt"}),
+        f"CMA-ES + anchors (k={k_anchors}, mean)": ("cmaes", 12, {}, 3 * budget, None,
+                                                    {"k": k_anchors, "estimator": "mean"}),
+        "CMA-ES + successive halving": ("cmaes", 18, {}, 5 * budget, {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3},
+                                        None),
+    }
+    print(f"\n## D. Samples to reach the reference's held-out score (reference: CMA-ES popsize 12, {budget} "
+          f"evaluations at full fidelity), seeds {seeds}\n")
+    ratios = {m: [] for m in ["CMA-ES (reference)", *methods]}
+    at_ref = {m: [] for m in methods}
+    walls = {m: [] for m in methods}
+    ref_rows = []
+    for seed in tqdm(seeds, desc="D", file=sys.stderr):
+        _, pool, space, worker, evs = load_digits(seed)
+        n_fit = evs[0].size("fitness")
+        t0 = time.perf_counter()
+        _, ref = search(space, worker, obj, "cmaes", 12, budget, seed, n_fitness=n_fit)
+        ref_wall = time.perf_counter() - t0
+        target = held_out(worker, ref.best)
+        s_ref = samples_to_reach(worker, ref.trace, target)
+        ref_rows.append((seed, target, s_ref, ref.samples, ref_wall))
+        ratios["CMA-ES (reference)"].append(s_ref / ref.samples)
+        for name, (kind, pop, opts, evals, fid, anchors) in methods.items():
+            _, p2, sp2, w2, ev2 = (None, pool, space, worker, evs) if anchors is None else load_digits(seed, anchors)
+            t0 = time.perf_counter()
+            _, lg = search(sp2, w2, obj, kind, pop, evals, seed, fidelity=fid, n_fitness=n_fit, options=opts)
+            walls[name].append((time.perf_counter() - t0) / ref_wall)
+            calib = 0
+            if anchors is not None:  # calibration: every pool model and the average on the whole fitness split
+                calib = (len(p2.all_names) + 1) * n_fit * len(ev2[0].inner.tasks)
+                lg.trace = [(s + calib, r) for s, r in lg.trace]
+            s = samples_to_reach(worker, lg.trace, target)
+            ratios[name].append(None if s is None else s / ref.samples)
+            at_ref[name].append(best_within(worker, lg.trace, ref.samples))
+    print("| seed | reference held-out (target) | reference: samples to reach it | reference total samples |")
+    print("|---|---|---|---|")
+    for seed, target, s_ref, total, _ in ref_rows:
+        print(f"| {seed} | {target:.4f} | {s_ref} | {total} |")
+    print("\n| method | samples to reach target / reference's total (median) | per seed | reached | held-out within "
+          "the reference's samples (median) | wall time / reference's (median) |")
+    print("|---|---|---|---|---|---|")
+    at_ref["CMA-ES (reference)"] = [t for _, t, *_ in ref_rows]
+    walls["CMA-ES (reference)"] = [1.0] * len(ref_rows)
+    for name in ratios:
+        rs = ratios[name]
+        med = statistics.median([r if r is not None else float("inf") for r in rs])
+        held = [h for h in at_ref[name] if h is not None]
+        print(f"| {name} | {med:.2f} | {', '.join('-' if r is None else f'{r:.2f}' for r in rs)} | "
+              f"{sum(r is not None for r in rs)}/{len(rs)} | {statistics.median(held) if held else float('nan'):.4f}"
+              f" | {statistics.median(walls[name]):.2f} |")
+    ref_med = statistics.median([t for _, t, *_ in ref_rows])
+    print(f"\nreference held-out (median) {ref_med:.4f}; goal: a method with median ratio <= 0.33")
+    return ratios
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=120, help="evaluations per run in part A and full fidelity in B")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--parts", default="ABC", help="which parts to run, e.g. B")
+    ap.add_argument("--parts", default="ABC", help="which parts to run, e.g. B or D")
     ap.add_argument("--mode", default="successive_halving", choices=["successive_halving", "hyperband"])
     ap.add_argument("--fitness-samples", type=int, default=None, help="fitness split size per task (default 200)")
     args = ap.parse_args()
@@ -204,8 +276,11 @@ def main():
         part_b(seeds, budget, 5 * budget, args.mode)
     if "C" in args.parts:
         part_c(0, budget)
+    if "D" in args.parts:
+        part_d(seeds, budget)
     print(f"\n(total {time.time() - t0:.0f} s; command: python experiments/bench/search_bench.py"
           f"{' --quick' if args.quick else ''}{'' if args.parts == 'ABC' else ' --parts ' + args.parts}"
+          f"{f' --seeds {args.seeds}' if args.seeds != 3 else ''}"
           f"{f' --fitness-samples {args.fitness_samples}' if args.fitness_samples else ''}"
           f"{'' if args.mode == 'successive_halving' else ' --mode ' + args.mode})")
 
