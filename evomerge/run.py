@@ -194,7 +194,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     space = space_pkg.build(cfg["space"], cfg["merge"], pool, seed=seed)
     seeds = space.seeds() if search.get("seed_population", True) else {}
     initial = np.array(list(seeds.values())) if seeds else None
-    optimizer = optimizer_pkg.build(cfg["optimizer"], space.xl, space.xu, len(objectives), seed, initial,
+    optimizer = optimizer_pkg.build(optimizer_config(cfg), space.xl, space.xu, len(objectives), seed, initial,
                                     space.var_types, n_constr=int(getattr(space, "n_constraints",
                                                                           hasattr(space, "constraint"))))
     log.info("space %s: %d genes; optimiser %s; budget %d evaluations; seeded with %s", cfg["space"]["kind"],
@@ -267,6 +267,18 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
     print("\n" + table + "\n")
     print(f"run directory: {run_dir}")
     return summary
+
+
+def optimizer_config(cfg: dict) -> dict:
+    """The optimiser's config, with `search.weights` as the weighting a single-objective optimiser scalarises with
+    (one weighting for the search and its 'best'; a different `optimizer.weights` beside it is refused)."""
+    opt, w = dict(cfg["optimizer"]), (cfg.get("search") or {}).get("weights")
+    if w is not None:
+        if opt.get("weights") is not None and [float(v) for v in opt["weights"]] != [float(v) for v in w]:
+            raise ValueError(f"optimizer.weights {list(opt['weights'])} and search.weights {list(w)} differ; set "
+                             "the weighting once, in search.weights")
+        opt["weights"] = list(w)
+    return opt
 
 
 def select_on_validation(worker: Worker, records: list[dict], objectives, settings: SearchSettings):

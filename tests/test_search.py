@@ -412,3 +412,15 @@ def test_pareto_mask_matches_the_definition_with_ties_and_duplicates():
         expected = [not any(np.all(G <= f) and np.any(G < f) for G in F) for f in F]
         assert pareto_mask(F).tolist() == expected
     assert pareto_mask(np.zeros((0, 2))).tolist() == []
+
+
+def test_search_weights_reach_a_scalarising_optimiser():
+    """search.weights is the one weighting: CMA-ES scalarises with it, and a conflicting optimizer.weights fails."""
+    from evomerge.run import optimizer_config
+
+    cfg = {"optimizer": {"kind": "cmaes"}, "search": {"weights": [1.0, 0.5, 0.5]}}
+    assert optimizer_config(cfg)["weights"] == [1.0, 0.5, 0.5]
+    opt = optimizer_pkg.build(optimizer_config(cfg), np.zeros(2), np.ones(2), 3, 0)
+    assert list(opt.weights) == [1.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="set the weighting once"):
+        optimizer_config({"optimizer": {"kind": "cmaes", "weights": [0.2, 0.4, 0.4]}, "search": cfg["search"]})
