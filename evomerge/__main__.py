@@ -54,6 +54,7 @@ def write_record(run_dir, cfg: DictConfig, hydra_cfg) -> None:
 
     d = Path(run_dir) / ".hydra"
     atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(Path(run_dir) / "config.resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(d / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
     atomic_write_text(d / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))))
 
@@ -83,7 +84,31 @@ def _check_output_folder(argv: list[str]) -> None:
         raise SystemExit(2) from None
 
 
+def replay_overrides(argv: list[str]) -> list[str]:
+    """`resume=PATH`: the overrides the run was started with (PATH/.hydra/overrides.yaml) go first, so a user need
+    not retype them; overrides given now come after them and win. `resume=true` runs in their own folder as given."""
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    value = given[-1].split("=", 1)[1]
+    if value.lower() in ("true", "false", "null", ""):
+        return argv
+    saved = Path(value).expanduser() / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        return argv  # run.py says what is wrong with PATH
+    import yaml
+
+    old = [str(o) for o in (yaml.safe_load(saved.read_text()) or [])
+           if not str(o).startswith(("resume=", "hydra.run.dir=", "hydra.sweep.dir="))]
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    old = [o for o in old if o.split("=", 1)[0].lstrip("+~") not in keys]
+    if old:
+        print(f"resume: replaying the run's overrides from {saved}: {' '.join(old)}", file=sys.stderr)
+    return old + argv
+
+
 def main() -> None:
+    sys.argv[1:] = replay_overrides(sys.argv[1:])
     try:
         if not any(a in ("-h", "--help", "--cfg", "-c", "--info") for a in sys.argv[1:]):
             _check_output_folder(sys.argv[1:])

@@ -12,4 +12,9 @@ def set_offline_env() -> None:
         return
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(key, "1")
-    os.environ.setdefault("WANDB_MODE", "offline")
+    if "WANDB_MODE" not in os.environ:  # evomerge's default, not the user's: a W&B project still switches online
+        os.environ["WANDB_MODE"] = "offline"
+        os.environ[WANDB_MODE_IS_DEFAULT] = "offline"
+
+
+WANDB_MODE_IS_DEFAULT = "EVOMERGE_DEFAULT_WANDB_MODE"  # the WANDB_MODE value set_offline_env set (not the user)

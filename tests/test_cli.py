@@ -148,3 +148,32 @@ def test_corrupt_cached_model(tmp_path, digits_zoo):
     assert proc.returncode != 0
     assert "mirror/model.safetensors" in proc.stderr and "corrupt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_wandb_project_resume_path_replays_overrides_and_keeps_the_wandb_run(tmp_path, zoo_root, digits_zoo):
+    """Through the CLI: logger.project switches W&B online (here, without credentials, it says so and logs
+    offline); the run writes config.resolved.yaml (no interpolations left) and evomerge.log; resume=PATH replays
+    the run's overrides (popsize 6, which a plain resume would refuse as a different config) and continues the same
+    W&B run."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "EVOMERGE_DEFAULT"))}
+    env |= {"EVOMERGE_ZOO": str(zoo_root), "NETRC": str(tmp_path / "no-netrc"), "WANDB_DIR": str(tmp_path / "wb"),
+            "WANDB_CONFIG_DIR": str(tmp_path / "wbc"), "WANDB_CACHE_DIR": str(tmp_path / "wbcache")}
+    first = ["experiment=digits", "search.budget=12", "optimizer.popsize=6", "logger=wandb", "logger.project=evo-test",
+             "logger.progress_bar=false", f"hydra.run.dir={out}"]
+    proc = subprocess.run([sys.executable, "-m", "evomerge", *first], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log_text = (out / "evomerge.log").read_text()
+    assert "needs an API key" in log_text  # resolved online, then fell back for want of a key
+    resolved = (out / "config.resolved.yaml").read_text()
+    assert "${" not in resolved and "popsize: 6" in resolved
+    run_id = (out / "wandb_run_id").read_text().strip()
+    again = subprocess.run([sys.executable, "-m", "evomerge", f"resume={out}", "search.budget=18",
+                            f"hydra.run.dir={tmp_path / 'second'}"], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "replaying the run's overrides" in again.stderr and "optimizer.popsize=6" in again.stderr
+    assert len((out / "evaluations.jsonl").read_text().splitlines()) == 18
+    assert (out / "wandb_run_id").read_text().strip() == run_id

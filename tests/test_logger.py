@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -216,3 +217,33 @@ def test_offline_wandb_run_has_candidate_table_pareto_scatter_and_report(tmp_pat
     assert list((wb / "files" / "media" / "images").glob("report/pareto_*.png"))  # the PNGs went to W&B too
     summary = (report / "summary.md").read_text()
     assert "| evolved (best) |" in summary and "| plain average |" in summary and "![" in summary
+
+
+def test_logger_project_switches_online_despite_evomerges_offline_default(monkeypatch):
+    """The CLI's offline defaults set WANDB_MODE=offline; that is evomerge's default, not the user's, so a project
+    still means online. A WANDB_MODE the user exported still wins."""
+    from evomerge.offline import WANDB_MODE_IS_DEFAULT, set_offline_env
+
+    for var in ("WANDB_MODE", WANDB_MODE_IS_DEFAULT, "EVOMERGE_ONLINE"):
+        monkeypatch.delenv(var, raising=False)
+    set_offline_env()
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert resolve_mode({"project": "p"}) == "online" and resolve_mode({}) == "offline"
+    monkeypatch.delenv(WANDB_MODE_IS_DEFAULT)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the user's own choice
+    set_offline_env()
+    assert WANDB_MODE_IS_DEFAULT not in os.environ and resolve_mode({"project": "p"}) == "offline"
+    monkeypatch.setenv(WANDB_MODE_IS_DEFAULT, "offline")
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # changed by the user after the defaults: theirs
+    assert resolve_mode({"project": "p"}) == "disabled"
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    import wandb
+
+    seen = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.append(kw) or SimpleNamespace(dir=str(tmp_path)))
+    for _ in range(2):
+        WandbLogger({"kind": "wandb", "mode": "offline", "progress_bar": False}, tmp_path, CONFIG)
+    assert seen[0]["id"] == seen[1]["id"] == (tmp_path / "wandb_run_id").read_text().strip()
+    assert seen[1]["resume"] == "allow"

@@ -26,11 +26,15 @@ log = logging.getLogger("evomerge")
 
 
 def resolve_mode(cfg: dict) -> str | None:
-    """Explicit `mode` wins; then WANDB_MODE; then online if a project/entity is set; else offline."""
+    """Explicit `mode` wins; then a WANDB_MODE the user set; then online if a project/entity is set; else offline.
+    (The WANDB_MODE=offline that evomerge's offline defaults set does not count as the user's.)"""
+    from evomerge.offline import WANDB_MODE_IS_DEFAULT
+
     if cfg.get("mode"):
         return str(cfg["mode"])
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
+    mode = os.environ.get("WANDB_MODE")
+    if mode and mode != os.environ.get(WANDB_MODE_IS_DEFAULT):
+        return mode
     return "online" if (cfg.get("project") or cfg.get("entity")) else "offline"
 
 
@@ -90,7 +94,18 @@ class WandbLogger(LocalLogger):
         self.wandb = wandb
         wb_dir = Path(self.cfg.get("dir") or self.run_dir)
         wb_dir.mkdir(parents=True, exist_ok=True)
+        id_file = self.run_dir / "wandb_run_id"  # a resumed search continues the same W&B run
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        if not run_id:
+            from evomerge.store import atomic_write_text
+
+            import secrets
+            import string
+
+            run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+            atomic_write_text(id_file, run_id + "\n")
         self.run = wandb.init(
+            id=run_id, resume="allow",
             project=self.cfg.get("project") or "evomerge", entity=self.cfg.get("entity"),
             name=self.cfg.get("name") or self.run_dir.name, group=self.cfg.get("group"),
             tags=list(self.cfg.get("tags") or []), mode=self.mode, dir=str(wb_dir), config=self.run_config,
