@@ -97,10 +97,10 @@ class WandbLogger(LocalLogger):
         id_file = self.run_dir / "wandb_run_id"  # a resumed search continues the same W&B run
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         if not run_id:
-            from evomerge.store import atomic_write_text
-
             import secrets
             import string
+
+            from evomerge.store import atomic_write_text
 
             run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
             atomic_write_text(id_file, run_id + "\n")
