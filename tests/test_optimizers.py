@@ -214,3 +214,25 @@ def test_optuna_failed_candidates_are_failed_trials():
 def test_optuna_bad_options_are_clear(cfg, n_obj, match):
     with pytest.raises(ValueError, match=match):
         optimizer_pkg.build({"kind": "optuna", **cfg}, XL, XU, n_obj, 0)
+
+
+def test_cmaes_with_discrete_genes_survives_flat_generations():
+    """Include bits (DFS): most bit flips change no answer, so whole generations score the same. Plain cma stops on
+    the first flat generation (tolfun); with var_types, CMA-ES keeps a step-size floor on the discrete genes and only
+    stops after 10 flat generations."""
+    def flat_until_corner(X):
+        return (np.round(X[:, :3]).sum(1, keepdims=True) == 3) * -1.0
+
+    gens = {}
+    for label, vt in (("real", None), ("bool", ["bool"] * 6)):
+        opt = optimizer_pkg.build({"kind": "cmaes", "popsize": 8}, np.zeros(6), np.ones(6), 1, 0, var_types=vt)
+        n = 0
+        while not opt.stop() and n < 60:
+            X = opt.ask()
+            opt.tell(X, flat_until_corner(X))
+            n += 1
+        gens[label] = n
+    assert gens["real"] == 1 and gens["bool"] >= 10, gens
+    opt = optimizer_pkg.build({"kind": "cmaes", "popsize": 8, "tolflatfitness": 3}, np.zeros(6), np.ones(6), 1, 0,
+                              var_types=["bool"] * 6)
+    assert opt.es.opts["tolflatfitness"] == 3 and list(np.asarray(opt.es.opts["minstd"])) == [0.2] * 6

@@ -52,7 +52,8 @@ def build(cfg: Any, xl: np.ndarray, xu: np.ndarray, n_obj: int, seed: int, initi
     if kind == "cmaes":
         from evomerge.optimizer.cmaes import CMAES
 
-        return CMAES(xl, xu, n_obj=n_obj, seed=seed, initial=initial, **_options(cfg, CMAES, kind))
+        return CMAES(xl, xu, n_obj=n_obj, seed=seed, initial=initial, var_types=var_types,
+                     **_options(cfg, CMAES, kind))
     if kind == "random":
         from evomerge.optimizer.random_search import RandomSearch
 
@@ -77,7 +78,8 @@ def _options(cfg: dict, cls, kind: str) -> dict:
     """Refuse option names the adapter does not take, naming the valid ones (instead of a TypeError)."""
     import inspect
 
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "xl", "xu")]
+    valid = [p for p in inspect.signature(cls.__init__).parameters
+             if p not in ("self", "xl", "xu", "n_obj", "seed", "initial", "var_types", "n_constr")]
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
         raise ValueError(f"optimizer ({kind}): unknown option(s) {unknown}; valid options: {valid}")

@@ -22,9 +22,21 @@ class CMAES:
     def __init__(self, xl, xu, *, n_obj: int = 1, seed: int = 0, initial: np.ndarray | None = None,
                  popsize: int | None = None, sigma0: float = 1 / 6, x0: float | list[float] = 0.5,
                  weights: list[float] | None = None, max_iter: int | None = None, restarts: int = 0,
-                 restart_strategy: str = "ipop", incpopsize: float = 2.0):
+                 restart_strategy: str = "ipop", incpopsize: float = 2.0, tolflatfitness: int | None = None,
+                 var_types: list[str] | None = None):
         self.xl, self.xu = np.asarray(xl, float), np.asarray(xu, float)
         dim = len(self.xl)
+        # Integer, boolean and categorical genes (DFS include bits, a method gene): a floor on their step size, a
+        # fifth of one value step in the unit cube (what cma's own integer handling does: its `integer_variables`
+        # assumes unit steps, which the unit-cube scaling breaks), so that flat fitness cannot freeze them.
+        types = list(var_types or ["real"] * dim)
+        span = np.maximum(self.xu - self.xl, 1e-12)
+        self.minstd = np.array([0.2 / span[i] if t != "real" and span[i] >= 1 else 0.0 for i, t in enumerate(types)])
+        # cma stops as soon as a generation's values are all equal (`tolfun`: their range < 1e-11, and the first
+        # generation's history is that generation). With discrete genes, and accuracies on a few dozen items, equal
+        # values are common (a flipped bit that changes no answer), so such spaces only stop after `tolflatfitness`
+        # flat generations (default 10 there; cma's defaults elsewhere).
+        self.tolflatfitness = tolflatfitness if tolflatfitness is not None else (10 if self.minstd.any() else None)
         if popsize is not None and popsize < 2:
             raise ValueError(f"optimizer.popsize: expected >= 2 for CMA-ES, found {popsize}")
         if sigma0 <= 0:
@@ -65,6 +77,11 @@ class CMAES:
             opts["popsize"] = int(popsize)
         if self.max_iter is not None:
             opts["maxiter"] = int(self.max_iter)
+        if self.minstd.any():
+            opts["minstd"] = self.minstd.tolist()
+        if self.tolflatfitness is not None:
+            opts["tolflatfitness"] = int(self.tolflatfitness)
+            opts["tolfun"] = 0.0  # else `tolfun` ends the run on the first flat generation anyway
         return cma.CMAEvolutionStrategy(x0, sigma0, opts)
 
     def _restart(self) -> None:
