@@ -107,7 +107,38 @@ def replay_overrides(argv: list[str]) -> list[str]:
     return old + argv
 
 
+GROUPS = {"experiment": "experiments (experiment=NAME)", "models": "model pools (models=NAME)",
+          "merge": "merge methods (merge=NAME)", "space": "search spaces (space=NAME)",
+          "optimizer": "optimisers (optimizer=NAME)", "evaluator": "fitness evaluators (evaluator=NAME)",
+          "executor": "executors (executor=NAME)", "logger": "loggers (logger=NAME)"}
+
+
+def describe_configs() -> str:
+    """Every config group's options with the first line of each file's header comment."""
+    from importlib import resources
+
+    out = ["usage: python -m evomerge [experiment=NAME] [group=OPTION ...] [key=value ...]",
+           "       (Hydra's own help: python -m evomerge --hydra-help; the composed config: --cfg job)", ""]
+    conf = resources.files("evomerge.conf")
+    for group, title in GROUPS.items():
+        out.append(f"{title}:")
+        for f in sorted(conf.joinpath(group).iterdir(), key=lambda f: f.name):
+            if not f.name.endswith(".yaml"):
+                continue
+            lines = [ln[1:].strip() for ln in f.read_text().splitlines() if ln.startswith("#")
+                     and not ln.startswith("# @package")]
+            first = lines[0] if lines else ""
+            out.append(f"  {f.name[:-5]:<22} {first[:110]}")
+        out.append("")
+    out.append("Other tools: evomerge-merge CONFIG OUT_DIR (export a merge), evomerge-eval MODEL_DIR (score a saved "
+               "model), evomerge-report RUN_DIR (tables and plots of runs).")
+    return "\n".join(out)
+
+
 def main() -> None:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(describe_configs())
+        return
     sys.argv[1:] = replay_overrides(sys.argv[1:])
     try:
         if not any(a in ("-h", "--help", "--cfg", "-c", "--info") for a in sys.argv[1:]):

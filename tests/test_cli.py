@@ -100,7 +100,17 @@ def test_select_on_validation_picks_the_best_generation_snapshot(tmp_path, zoo_r
 
 def test_help_and_cfg_job(tmp_path, zoo_root):
     proc = run_cli(["--help"], zoo_root, tmp_path)
-    assert proc.returncode == 0 and "experiment: " in proc.stdout and "digits" in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for group in ("experiment=NAME", "merge=NAME", "space=NAME", "optimizer=NAME"):
+        assert any(group in ln for ln in lines), group
+
+    def described(name, words):
+        return any(ln.startswith("  ") and ln.split()[0] == name and words in ln for ln in lines)
+
+    assert described("digits", "three digits experts") and described("cmaes", "CMA-ES") and described("tpe", "TPE")
+    assert described("sce", "select_topk") and described("ps", "Parameter space")
+    assert run_cli(["--hydra-help"], zoo_root, tmp_path).returncode == 0
     proc = run_cli(["experiment=digits", "optimizer.popsize=8", "seed=3", "--cfg", "job"], zoo_root, tmp_path)
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["optimizer"]["popsize"] == 8 and cfg["seed"] == 3
