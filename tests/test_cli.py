@@ -187,3 +187,33 @@ def test_wandb_project_resume_path_replays_overrides_and_keeps_the_wandb_run(tmp
     assert "replaying the run's overrides" in again.stderr and "optimizer.popsize=6" in again.stderr
     assert len((out / "evaluations.jsonl").read_text().splitlines()) == 18
     assert (out / "wandb_run_id").read_text().strip() == run_id
+
+
+def test_evomerge_eval_scores_a_saved_model_like_the_search(tmp_path, zoo_root, digits_zoo):
+    """The console script scores a model folder with the experiment's evaluators; the numbers equal the evaluator
+    run directly on the same model, and a bad split or folder is one clear error."""
+    import shutil
+
+    from evomerge.evaluator.vision import VisionEvaluator
+    from evomerge.zoo.digits import DigitsCNN
+
+    exe = Path(sys.executable).with_name("evomerge-eval")
+    env = {**os.environ, "EVOMERGE_ZOO": str(zoo_root)}
+    model = digits_zoo / "rot90"
+    out = tmp_path / "scores.json"
+    proc = subprocess.run([str(exe), str(model), "experiment=digits", "split=validation", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    want = VisionEvaluator(tasks=["rot90", "mirror", "invert"]).evaluate(DigitsCNN.from_pretrained(model),
+                                                                         "validation").metrics
+    assert got["split"] == "validation" and got["metrics"]["acc/mean"] == pytest.approx(want["acc/mean"])
+    assert "acc/mean\t" in proc.stdout
+    bad = subprocess.run([str(exe), str(model), "experiment=digits", "split=train"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert bad.returncode == 2 and "expected fitness, validation or test" in bad.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run([str(exe), str(empty)], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "no config.json" in bad.stderr
+    shutil.rmtree(empty)
