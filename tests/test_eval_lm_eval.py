@@ -209,3 +209,21 @@ def test_test_tasks_report_under_the_fitness_names(pool, task_dir, tmp_path):
     assert ev.size("test") == len(PAIRS)
     with pytest.raises(ValueError, match="scored on"):
         LMEvalEvaluator(pool.tokenizer, ["t_mc"], include_path=str(task_dir), test_tasks=["t_gen"])
+
+
+def test_fitness_drawn_from_a_test_split_is_warned_about(pool, task_dir, caplog):
+    """As mergekit-evolve warns: lm-eval scores a task on its test split when it has one, so fitting on it tunes on
+    the benchmark's test set. A task over a validation split only gets no warning."""
+    import logging
+
+    (task_dir / "val_only.yaml").write_text((task_dir / "mc.yaml").read_text().replace("task: t_mc", "task: t_val")
+                                            .replace("{test: ", "{validation: ").replace("test_split: test",
+                                                                                        "validation_split: validation")
+                                            .replace("fewshot_split: test", "fewshot_split: validation"))
+    with caplog.at_level(logging.WARNING):
+        LMEvalEvaluator(pool.tokenizer, ["t_mc"], include_path=str(task_dir), fitness_samples=10)
+    assert any("draws its documents from its test split" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        LMEvalEvaluator(pool.tokenizer, ["t_val"], include_path=str(task_dir), fitness_samples=10)
+    assert not any("test split" in r.getMessage() for r in caplog.records)

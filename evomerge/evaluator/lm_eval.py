@@ -123,6 +123,14 @@ class LMEvalEvaluator:
             for tname, task in td["tasks"].items():
                 self._configure(task, tname, num_fewshot, gen_kwargs)
         fit_tasks = fit["tasks"]
+        for tname, task in fit_tasks.items():
+            if task.has_test_docs():  # lm-eval evaluates a task on its test split whenever it has one
+                log.warning(
+                    "%s.tasks: task %r draws its documents from its test split (%r), so the fitness subsample and "
+                    "the held-out documents are both test documents: the search is tuned on the benchmark's test "
+                    "set. For a clean test, fit on a disjoint split: a task YAML over the train/validation "
+                    "documents (`validation_split:` set, no `test_split:`), and give the real test task as "
+                    "`test_tasks`.", where, tname, task.config.test_split)
         # metric names and directions, known before any evaluation
         self._hib = {f"{t}/{k}": v for t, task in fit_tasks.items() for k, v in _task_metrics(task).items()}
         if metrics:
