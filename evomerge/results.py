@@ -56,6 +56,19 @@ def paired_bootstrap(evo, ref, n: int = 10_000, seed: int = 0) -> tuple[float, f
     return float(evo.mean() - ref.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
+def mcnemar(a, b) -> tuple[int, int, float]:
+    """Exact McNemar test of two models' 0/1 scores on the same items: (items only `a` got right, items only `b`
+    got right, two-sided p-value of the binomial test on those discordant items; scipy's binomtest)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar: paired scores needed, got {a.shape} and {b.shape} items")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return only_a, only_b, p
+
+
 def zoo_environment(zoo: Path | None) -> dict | None:
     try:
         return json.loads((Path(zoo) / "zoo.json").read_text()).get("environment") if zoo else None

@@ -64,3 +64,16 @@ def test_only_what_moves_numbers_counts_for_numerics():
     here = {"packages": {"torch": "2.13.0"}, "cpu_capability": "AVX2", "cpu": "Intel Xeon", "cpu_flags": ["avx2"]}
     assert differences(made, here) == ["cpu AMD EPYC -> Intel Xeon", "cpu_flags ['avx512f'] -> ['avx2']"]
     assert differences(made, here, keys=NUMERICS) == []
+
+
+def test_mcnemar_exact_known_answer():
+    """1 vs 9 discordant items: p = 2 * (C(10,0) + C(10,1)) / 2^10 = 22 / 1024; concordant items do not count."""
+    from evomerge.results import mcnemar
+
+    a = [1] * 1 + [0] * 9 + [1] * 30 + [0] * 10
+    b = [0] * 1 + [1] * 9 + [1] * 30 + [0] * 10
+    only_a, only_b, p = mcnemar(a, b)
+    assert (only_a, only_b) == (1, 9) and p == pytest.approx(22 / 1024)
+    assert mcnemar([1, 0], [1, 0])[2] == 1.0
+    with pytest.raises(ValueError, match="paired"):
+        mcnemar([1, 0], [1])

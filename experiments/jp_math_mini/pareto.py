@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     from evomerge import models as models_pkg
     from evomerge.executor.worker import Worker
     from evomerge.recipe import Recipe
+    from evomerge.results import mcnemar
     from evomerge.run import average_recipe, run
 
     torch.set_num_threads(1)
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     evaluators = evaluators_pkg.build(cfg["evaluator"], models_pkg.tokenizer_only(cfg["models"], cfg["paths"]["zoo"]),
                                       seed=int(cfg["seed"]), device="cpu")
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"], device="cpu")
-    worker = Worker(pool, evaluators)
+    worker = Worker(pool, evaluators, keep_records=True)  # per-item test scores for the paired test below
     refs = [(n, worker.evaluate_model(n, "validation").metrics) for n in pool.all_names if n != pool.base_name]
     refs.append(("plain average", worker.evaluate(average_recipe(pool), "validation").metrics))
     test_refs = {r["model"]: r["metrics"] for r in final["final"]}
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
         test = test_by_id[rec["id"]]
         if val.error or test.get("error"):
             raise RuntimeError(f"front member {rec['id']}: {val.error or test['error']}")
-        rows.append((rec, val.metrics, test[final["final_split"]]))
+        items = worker.evaluate(Recipe.from_dict(rec["recipe"]), final["final_split"]).records["jp_math"]
+        rows.append((rec, val.metrics, test[final["final_split"]], [r["correct"] for r in items]))
     minutes = (time.perf_counter() - t0) / 60
 
     head = "| model | split | " + " | ".join(c for _, c in METRICS) + " |"
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     lines += ["", f"## Front ({len(rows)} member(s), sorted by fitness-split target)", "",
               "| member (id, generation) | fitness target / JA general | split | "
               + " | ".join(c for _, c in METRICS) + " |", "|---|---|---|" + "---|" * len(METRICS)]
-    for rec, val, test in rows:
+    for rec, val, test, _items in rows:
         f = rec["metrics"]
         tag = f"{rec['id']} (gen {rec['generation']})"
         fit = f"{100 * f['jp_math/acc_ja']:.0f} / {100 * f['ja_general/acc_ja']:.0f}"
@@ -102,14 +104,17 @@ def main(argv=None) -> int:
                and not n.endswith("(base)")}
     best_name = max(experts, key=lambda n: experts[n]["jp_math/acc_ja"])
     p0, n = experts[best_name]["jp_math/acc_ja"], evaluators[0].size(final["final_split"])
-
-    def clearly_above(p1: float) -> bool:  # two-proportion z > 1.96 (unpaired, so conservative for paired items)
-        return p1 - p0 > 1.96 * ((p1 * (1 - p1) + p0 * (1 - p0)) / n) ** 0.5
-
-    above = [rec["id"] for rec, _, test in rows if clearly_above(test["jp_math/acc_ja"])]
+    expert_items = [r["correct"] for r in worker.evaluate_model(best_name, final["final_split"]).records["jp_math"]]
+    above = []
+    for rec, _, test, items in rows:  # paired items: exact McNemar on the items where the two disagree
+        if abs(sum(items) / len(items) - test["jp_math/acc_ja"]) > 1e-9:
+            raise RuntimeError(f"front member {rec['id']}: re-scored items disagree with pareto_final.json")
+        only_member, only_expert, p = mcnemar(items, expert_items)
+        if only_member > only_expert and p < 0.05:
+            above.append(f"{rec['id']} ({only_member} vs {only_expert} discordant items, p = {p:.3g})")
     lines += ["", f"Front members whose test target is clearly above the best expert's ({best_name}, {100 * p0:.1f}%; "
-              f"difference > 1.96 standard errors of a difference of two accuracies on {n} items): "
-              + (", ".join(map(str, above)) if above else "none") + ". One run, one seed.", "",
+              f"exact McNemar test on the {n} paired test items, p < 0.05): "
+              + (", ".join(above) if above else "none") + ". One run, one seed.", "",
               "## Hypervolume per generation (fitness split)", "",
               f"Reference point (metric units, set from generation 0): {archive['reference_point']}.", "",
               "| generation | evaluations | front size | hypervolume |", "|---|---|---|---|"]
