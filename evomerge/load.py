@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 
-from evomerge.merge.dataflow import SCALE_AT_KEY, SCALES_KEY, _layers_attr, install_scales
+from evomerge.merge.dataflow import (
+    BASE_TYPE_KEY,
+    SCALE_AT_KEY,
+    SCALES_KEY,
+    STOCK_REFUSES,
+    _layers_attr,
+    install_scales,
+)
 
 
 def load_merged(path: str | Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
@@ -22,7 +29,19 @@ def load_merged(path: str | Path, dtype: torch.dtype | None = None, trust_remote
     path = Path(path).expanduser()
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"load_merged: {path} has no config.json; expected a folder written by evomerge")
-    model = load_model(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    import json
+
+    raw = json.loads((path / "config.json").read_text())
+    if raw.get("model_type") == STOCK_REFUSES:  # hop scales stock loaders would drop: restore the real type here
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        fields = {k: v for k, v in raw.items() if k not in ("model_type", BASE_TYPE_KEY)}
+        config = AutoConfig.for_model(raw[BASE_TYPE_KEY], **fields)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(str(path), config=config, trust_remote_code=trust_remote_code,
+                                                     **kwargs)
+    else:
+        model = load_model(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
     scales = getattr(getattr(model, "config", None), SCALES_KEY, None)
     if scales:
         arch = arch_for(type(model).__name__, list(model.state_dict()))

@@ -184,10 +184,26 @@ def test_export_with_stream_scales_reloads_with_load_merged(pool, merger, tmp_pa
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["evomerge_hop_scales"] == [1.0, 1.25, 0.8, 1.0] and cfg["evomerge_scale_at"] == "stream"
     reloaded = evomerge.load_merged(tmp_path / "m")
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     with torch.no_grad():
         assert torch.equal(reloaded(IDS).logits, expected)
-        assert not torch.allclose(plain(IDS).logits, expected)  # why load_merged exists
+    # stock transformers would drop the scales: it must refuse the checkpoint loudly, never load it silently wrong
+    with pytest.raises((ValueError, KeyError), match="evomerge_scaled_path"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+
+
+def test_path_model_save_pretrained_is_a_real_one_and_shards(pool, merger, tmp_path):
+    """A path model's save_pretrained passes its options through (here max_shard_size): a sharded stock
+    checkpoint with an index, which reloads to the same logits."""
+    recipe = _path_recipe([("a", 0), ("b", 1), ("a", 1), ("a", 3)])
+    model = merger.apply(recipe)
+    with torch.no_grad():
+        expected = model(IDS).logits
+    model.save_pretrained(tmp_path / "m", max_shard_size="20KB")
+    shards = sorted((tmp_path / "m").glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "m" / "model.safetensors.index.json").exists()
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.equal(stock(IDS).logits, expected)
 
 
 def test_bad_paths_fail_clearly(merger):

@@ -31,6 +31,8 @@ layer adds onto, and RMSNorm removes it only from the branch input): they are st
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from pathlib import Path
 
 import torch
@@ -39,6 +41,8 @@ from torch import nn
 from evomerge.models.pool import ModelPool
 from evomerge.recipe import SCALE_AT, Recipe
 
+STOCK_REFUSES = "evomerge_scaled_path"  # model_type of an export whose hop scales stock transformers would drop
+BASE_TYPE_KEY = "evomerge_model_type"  # config.json field: the real model_type of such an export
 SCALES_KEY = "evomerge_hop_scales"  # config.json field: one input scale per decoder layer of an exported path model
 SCALE_AT_KEY = "evomerge_scale_at"  # config.json field: where those scales act (absent in old exports: "stream")
 PATH_KEY = "evomerge_path"  # provenance only: [[model, layer], ...] of the exported path
@@ -211,8 +215,9 @@ class PathModelBuilder:
         if getattr(cfg, "tie_word_embeddings", False):
             self.model.tie_weights()
         self.model.eval()  # the new layers are built in training mode (dropout on): evaluators need eval mode
-        # A stock save_pretrained would trip over the shared (repeated) layers; export the unrolled path instead.
-        self.model.save_pretrained = lambda out_dir, **_: export_path_recipe(self.pool, recipe, out_dir)
+        # A stock save_pretrained would trip over the shared (repeated) layers: save the unrolled path instead, through
+        # a real save_pretrained (sharding, safe_serialization, push_to_hub and the other options all apply).
+        self.model.save_pretrained = functools.partial(export_path_recipe, self.pool, recipe)
         return self.model
 
 
@@ -243,13 +248,15 @@ def unrolled_state_dict(pool: ModelPool, recipe: Recipe) -> dict[str, torch.Tens
     return out
 
 
-def export_path_recipe(pool: ModelPool, recipe: Recipe, out_dir: str | Path) -> Path:
-    """Write a path recipe as a stock checkpoint (+ hop scales in config.json when any scale differs from 1).
+def export_path_recipe(pool: ModelPool, recipe: Recipe, out_dir: str | Path, **save_kwargs) -> Path:
+    """Write a path recipe as a stock checkpoint through transformers' own `save_pretrained` (`save_kwargs`:
+    max_shard_size, safe_serialization, push_to_hub, ... as for any model; default shards of 2GB).
 
-    The export CLI and the search's best-model step call this for recipes with a `path`.
+    `mlp_output` scales fold into the weights. Scales that cannot fold (`stream`) are kept in config.json, and the
+    config's `model_type` becomes STOCK_REFUSES, so that stock `from_pretrained` fails loudly instead of loading a
+    model without its scales; `evomerge.load_merged` restores the type and the scales. The export CLI and the
+    search's best-model step call this for recipes with a `path`.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = unrolled_state_dict(pool, recipe)
@@ -263,7 +270,7 @@ def export_path_recipe(pool: ModelPool, recipe: Recipe, out_dir: str | Path) -> 
             cfg.tie_word_embeddings = False  # hop 0's scale is in the embeddings, not in the head
         else:
             for tied, _owner in pool.arch.tied.items():
-                state.pop(tied, None)  # stock loaders re-tie it from `owner`
+                state.pop(tied, None)  # re-tied from `owner`
     for key in (SCALES_KEY, SCALE_AT_KEY, PATH_KEY):
         if hasattr(cfg, key):
             delattr(cfg, key)
@@ -271,10 +278,23 @@ def export_path_recipe(pool: ModelPool, recipe: Recipe, out_dir: str | Path) -> 
         setattr(cfg, SCALES_KEY, [float(h.scale) for h in recipe.path])
         setattr(cfg, SCALE_AT_KEY, recipe.scale_at)
     setattr(cfg, PATH_KEY, [[h.model, h.layer] for h in recipe.path])
-    cfg.save_pretrained(out_dir)
+    with torch.device("meta"):
+        stock = type(pool.template)(cfg)
+    missing, unexpected = stock.load_state_dict(state, strict=False, assign=True)
+    if getattr(cfg, "tie_word_embeddings", False):
+        stock.tie_weights()
+    missing = [n for n in missing if n not in pool.arch.tied]
+    if missing or unexpected:
+        raise PathError(f"the unrolled path does not match a {len(recipe.path)}-layer model: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}")
     if getattr(pool.template, "generation_config", None) is not None:
-        pool.template.generation_config.save_pretrained(out_dir)
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        stock.generation_config = copy.deepcopy(pool.template.generation_config)
+    stock.save_pretrained(out_dir, **save_kwargs)
+    if folds is None:
+        cfg_file = out_dir / "config.json"
+        d = json.loads(cfg_file.read_text())
+        d[BASE_TYPE_KEY], d["model_type"] = d["model_type"], STOCK_REFUSES
+        cfg_file.write_text(json.dumps(d, indent=2, sort_keys=True))
     if pool.tokenizer is not None:
         pool.tokenizer.save_pretrained(out_dir)
     recipe.save(out_dir / "evomerge_recipe.yaml")
