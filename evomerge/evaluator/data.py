@@ -50,7 +50,10 @@ def _local_rows(path: Path, where: str) -> list[dict]:
             with open(path, encoding="utf-8", newline="") as f:
                 return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise ImportError(f"{where}: .parquet files need pyarrow: pip install 'evomerge[eval]'") from None
 
             return pq.read_table(path).to_pylist()
     except (json.JSONDecodeError, ValueError, csv.Error) as e:
@@ -59,7 +62,11 @@ def _local_rows(path: Path, where: str) -> list[dict]:
 
 
 def _hub_rows(spec: dict, where: str) -> list[dict]:
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(f"{where}: hub datasets need the `datasets` package: pip install 'evomerge[eval]' (or "
+                          "point it at a local .jsonl/.json/.csv file)") from None
 
     try:
         ds = datasets.load_dataset(spec["path"], name=spec.get("name"), split=spec.get("split", "test"))

@@ -104,7 +104,11 @@ class LMEvalEvaluator:
             raise ValueError(f"{where}: lm_eval needs a tokenizer, but the model pool has none")
         if not tasks:
             raise ValueError(f"{where}.tasks: empty; expected at least one lm-eval task name")
-        import lm_eval  # noqa: F401 - fail here, not per candidate, when it is missing
+        try:
+            import lm_eval  # noqa: F401 - fail here, not per candidate, when it is missing
+        except ImportError:
+            raise ImportError(f"{where}: kind lm_eval needs lm-evaluation-harness: pip install 'evomerge[eval]'") \
+                from None
 
         self.name, self.where, self.tokenizer = name, where, tokenizer
         self.batch_size, self.max_length, self.device = batch_size, max_length, device

@@ -89,7 +89,10 @@ class WandbLogger(LocalLogger):
             return None
 
     def _start(self) -> None:
-        import wandb
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("logger=wandb needs the wandb package: pip install 'evomerge[wandb]'") from None
 
         self.wandb = wandb
         wb_dir = Path(self.cfg.get("dir") or self.run_dir)

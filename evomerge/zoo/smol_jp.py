@@ -43,7 +43,10 @@ def _sft(tok, items: list[dict]) -> tuple[list[list[int]], list[int]]:
 def fine_tune(base_dir: Path, out: Path, items: list[dict], spec: dict, seed: int, desc: str,
               device: str = "cpu") -> list[float]:
     """LoRA on every attention and MLP projection, merged into a full checkpoint written to `out` (atomically)."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("the smol_jp zoo fine-tunes LoRA experts with peft: pip install 'evomerge[eval]'") from None
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from evomerge.zoo.lm_train import train_lm
