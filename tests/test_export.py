@@ -293,3 +293,56 @@ def test_modules_default_is_the_single_module_form(tmp_path, m):
     bad = {**nested, "modules": {"text_decoder": nested["modules"]["default"], "vision_tower": {"models": []}}}
     assert main([str(mk(tmp_path, bad, "bad.yaml")), str(tmp_path / "bad"), "--no-progress"]) != 0
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def extra_token_model(tiny_llamas, tmp_path_factory):
+    """Expert b with one more token, '<|x|>' (an added special token, as chat fine-tunes add), and its rows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("extra") / "bx"
+    tok = AutoTokenizer.from_pretrained(tiny_llamas["b"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|x|>"]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_llamas["b"])
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        model.get_input_embeddings().weight[-1] = torch.randn(model.config.hidden_size, generator=g)
+        model.get_output_embeddings().weight[-1] = torch.randn(model.config.hidden_size, generator=g)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("tokens", [None, "zero"])
+def test_union_tokenizer_lays_every_model_out_in_the_union_vocabulary(tmp_path, m, extra_token_model, tokens):
+    """mergekit's union: the output tokenizer is the base's plus '<|x|>'; a model lacking a token takes the donor's
+    row (the only model with it) unless `tokens:` says otherwise; shared tokens merge as usual; padding rows are
+    the mean row. Checked against rows computed here from the inputs, then reloaded and generated from."""
+    from transformers import AutoTokenizer
+
+    block = {"source": "union", "pad_to_multiple_of": 8}
+    if tokens == "zero":
+        block["tokens"] = {"<|x|>": {"source": {"kind": "zero"}}}
+    cfg = {"merge_method": "linear", "dtype": "float32", "tokenizer": block,
+           "models": [{"model": m["a"], "parameters": {"weight": 0.75}},
+                      {"model": str(extra_token_model), "parameters": {"weight": 0.25}}]}
+    out = tmp_path / "out"
+    assert main([str(mk(tmp_path, cfg)), str(out), "--no-progress"]) == 0
+    tok = AutoTokenizer.from_pretrained(out)
+    xid = tok.convert_tokens_to_ids("<|x|>")
+    n = len(tok)
+    state = load_state(out)
+    a = load_file(str(Path(m["a"]) / "model.safetensors"))
+    bx = load_state(extra_token_model)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        w = state[name]
+        assert w.shape[0] == -(-n // 8) * 8 > n  # padded
+        shared = a[name].shape[0]
+        torch.testing.assert_close(w[:shared], 0.75 * a[name] + 0.25 * bx[name][:shared])
+        x_row = bx[name][-1]
+        want = 0.75 * x_row + 0.25 * x_row if tokens is None else 0.25 * x_row  # a's row: the donor's, or zeros
+        torch.testing.assert_close(w[xid], want)
+        torch.testing.assert_close(w[n:], w[:n].mean(0, keepdim=True).expand(w.shape[0] - n, -1))
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == state["lm_head.weight"].shape[0]
+    reload_and_generate(out)

@@ -111,9 +111,15 @@ def test_passthrough_slices_become_a_path():
 
 @pytest.mark.parametrize("cfg,match", [
     ({"merge_method": "ties", "models": [{"model": "A"}], "base_model": "B", "foo": 1}, "unsupported key 'foo'"),
-    ({"merge_method": "ties", "models": [{"model": "A"}], "tokenizer": {"source": "union"}}, "tokenizer"),
     ({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1}}],
-      "tokenizer_source": "union"}, "union"),
+      "tokenizer": {"source": "union", "pad": 8}}, r"tokenizer: unknown key\(s\) \['pad'\]"),
+    ({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1}}],
+      "tokenizer": {"tokens": {"<x>": {"source": {"kind": "model_token", "model": "A", "token": "y"}}}}},
+     "model_token sources are not supported"),
+    ({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1}}],
+      "tokenizer": {"pad_to_multiple_of": 0}}, "pad_to_multiple_of: expected a positive integer"),
+    ({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1}}],
+      "tokenizer_source": "union", "tokenizer": {"source": "union"}}, "not both"),
     ({"models": [{"model": "A"}]}, "missing 'merge_method'"),
     ({"merge_method": "linear", "models": [{"model": "A"}], "slices": []}, "exactly one of"),
     ({"merge_method": "nope", "models": [{"model": "A"}]}, "unknown merge method"),

@@ -243,10 +243,24 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
     ref = ckpts[ref_name]
     arch, num_layers = _describe(ref, f"model {ref_name!r}")
     vocab = vocab_tensor_names(arch)
-    try:
-        check_compatible({m: c.shapes() for m, c in ckpts.items()}, vocab, truncate_vocab, only_common=True)
+    try:  # an output vocabulary (tokenizer: / union) lays every model out in it: vocab sizes may differ then
+        check_compatible({m: c.shapes() for m, c in ckpts.items()}, vocab, truncate_vocab or job.tokenizer is not None,
+                         only_common=True)
     except ValueError as e:
         raise ExportError(str(e)) from None
+    vocab_plan = None
+    if job.tokenizer is not None:
+        from evomerge.merge.vocab import VocabConfigError, VocabPlan
+
+        if recipe.path is not None:
+            raise ExportError("tokenizer: an output vocabulary with stacked slices (a layer path) is not supported; "
+                              "use tokenizer_source: base or a model")
+        embed = next((v for v in arch.embed if v in ref.where), None)
+        try:
+            vocab_plan = VocabPlan.build(job.tokenizer, {m: c.path for m, c in ckpts.items()},
+                                         {m: c.shape(embed)[0] for m, c in ckpts.items()}, recipe.base)
+        except (VocabConfigError, OSError) as e:
+            raise ExportError(f"tokenizer: {e}") from None
     for key in ("dtype", "out_dtype"):
         if getattr(job, key) is not None and getattr(job, key) not in DTYPES:
             raise ExportError(f"{key}: expected one of {list(DTYPES)}, found {getattr(job, key)!r}")
@@ -299,18 +313,18 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
         for out_name, in_name, single, factor in tqdm(plan, desc="evomerge-merge", unit="tensor",
                                                       disable=not progress):
             _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, factor, compute_dtype, device,
-                           common_vocab if in_name in vocab else None)
+                           common_vocab if in_name in vocab else None, vocab_plan if in_name in vocab else None)
     out_dtype = writer.float_dtype
     writer.close()
-    _write_config(ref, out_dir, arch, recipe, out_dtype, common_vocab, untie)
-    _copy_tokenizer(job, ref, ckpts, out_dir)
+    _write_config(ref, out_dir, arch, recipe, out_dtype, vocab_plan.size if vocab_plan else common_vocab, untie)
+    _copy_tokenizer(job, ref, ckpts, out_dir, vocab_plan)
     _write_card(job, arch, num_layers, out_dir)
     recipe.save(out_dir / "evomerge_recipe.yaml")
     return out_dir
 
 
 def _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, factor, compute_dtype, device,
-                   rows: int | None) -> None:
+                   rows: int | None, vocab_plan=None) -> None:
     """Merge (or copy, for a single source, times `factor`: a folded hop scale) one tensor for the shard writer."""
     if single is not None:
         t = ckpts[single].get(in_name)
@@ -318,7 +332,7 @@ def _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, 
         if factor != 1.0:
             out = out * factor
     else:
-        out = _merge_one(recipe, arch, ckpts, in_name, compute_dtype, device, rows)
+        out = _merge_one(recipe, arch, ckpts, in_name, compute_dtype, device, rows, vocab_plan)
     if rows is not None:
         out = out[:rows]
     if job.out_dtype:
@@ -326,17 +340,20 @@ def _export_tensor(job, recipe, arch, ckpts, writer, out_name, in_name, single, 
     writer.add(out_name, out.detach().to("cpu").contiguous().clone())
 
 
-def _merge_one(recipe, arch, ckpts, name, compute_dtype, device, rows: int | None = None) -> torch.Tensor:
-    """One output tensor from the memory-mapped inputs (`rows`: keep only the first rows, for vocab truncation)."""
+def _merge_one(recipe, arch, ckpts, name, compute_dtype, device, rows: int | None = None,
+               vocab_plan=None) -> torch.Tensor:
+    """One output tensor from the memory-mapped inputs (`rows`: keep only the first rows, for vocab truncation;
+    `vocab_plan`: lay each model's rows out in the output vocabulary first)."""
     fallback = recipe.base or recipe.models[0]
-    src = ckpts[fallback].get(name)
+    aligned = vocab_plan.align({m: c.get(name) for m, c in ckpts.items()}) if vocab_plan is not None else None
+    src = aligned[fallback] if aligned is not None else ckpts[fallback].get(name)
     plan = plan_tensor(recipe, arch, name)
     if plan is None or not src.is_floating_point():
         return src.to(compute_dtype) if compute_dtype and src.is_floating_point() else src
     method, kwargs = plan
 
     def load(m):
-        t = ckpts[m].get(name)
+        t = aligned[m] if aligned is not None else ckpts[m].get(name)
         t = (t[:rows] if rows is not None else t).to(device)
         return t.to(compute_dtype) if compute_dtype else t
 
@@ -406,8 +423,13 @@ def _write_config(ref: LazyCheckpoint, out_dir: Path, arch: ArchMap, recipe: Rec
         shutil.copy(gen, out_dir / "generation_config.json")
 
 
-def _copy_tokenizer(job: MergeJob, ref: LazyCheckpoint, ckpts, out_dir: Path) -> None:
+def _copy_tokenizer(job: MergeJob, ref: LazyCheckpoint, ckpts, out_dir: Path, vocab_plan=None) -> None:
     src = ref.path
+    if vocab_plan is not None:  # the output vocabulary's own tokenizer (union, base or a model's)
+        vocab_plan.tokenizer.save_pretrained(out_dir)
+        if job.chat_template:
+            _set_chat_template(job, ckpts, out_dir)
+        return
     if job.tokenizer_source:
         t = job.tokenizer_source
         src = ckpts[t].path if t in ckpts else resolve_model(job.paths.get(t, t))
@@ -419,15 +441,20 @@ def _copy_tokenizer(job: MergeJob, ref: LazyCheckpoint, ckpts, out_dir: Path) ->
     if not copied:
         log.warning("no tokenizer files in %s; the merged model has no tokenizer", src)
     if job.chat_template:
-        from evomerge.merge import chat_template
-
-        template = chat_template.resolve(job.chat_template, [c.path for c in ckpts.values()])
-        if template is None:
-            log.warning("chat_template: auto, but no input model has a chat template; none written")
-        elif not copied:
+        if not copied:
             log.warning("chat_template given but the merged model has no tokenizer; not written")
         else:
-            chat_template.write(out_dir, template)
+            _set_chat_template(job, ckpts, out_dir)
+
+
+def _set_chat_template(job: MergeJob, ckpts, out_dir: Path) -> None:
+    from evomerge.merge import chat_template
+
+    template = chat_template.resolve(job.chat_template, [c.path for c in ckpts.values()])
+    if template is None:
+        log.warning("chat_template: auto, but no input model has a chat template; none written")
+    else:
+        chat_template.write(out_dir, template)
 
 
 def _write_card(job: MergeJob, arch: ArchMap, num_layers: int, out_dir: Path) -> None:

@@ -23,11 +23,8 @@ from evomerge.recipe import FILTER, GROUPS, Hop, Recipe, Rule
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",
-            "chat_template"}
+            "chat_template", "tokenizer"}
 KNOWN_UNSUPPORTED = {
-    "tokenizer": "the `tokenizer:` block (union vocabularies, token overrides) is not supported: evomerge merges "
-                 "models over one shared vocabulary; use `tokenizer_source: base` or a model path (or "
-                 "truncate_vocab for vocabularies that differ only in padding rows)",
 }
 IGNORED_PARAMS = {"int8_mask"}  # changes only how mergekit stores masks, never the merged values
 DTYPES = ("float32", "float16", "bfloat16")
@@ -51,6 +48,7 @@ class MergeJob:
     out_dtype: str | None = None
     tokenizer_source: str | None = None  # a model name/path; None = the base (or first) model
     chat_template: str | None = None  # a name, Jinja text or "auto" (evomerge/merge/chat_template.py)
+    tokenizer: Any = None  # a vocab.TokenizerSpec: the output vocabulary is built and every model aligned to it
 
 
 # ---- parameter values ---------------------------------------------------------------------------------------------
@@ -161,11 +159,16 @@ def from_mergekit(cfg: dict, arch: ArchMap, num_layers: int, layer_suffixes: lis
     global_params = dict(cfg.get("parameters") or {})
     job = MergeJob(Recipe(models=[]), dtype=cfg.get("dtype"), out_dtype=cfg.get("out_dtype"))
     tok = cfg.get("tokenizer_source")
-    if tok is not None and tok != "base":
-        if tok == "union":
-            raise MergekitConfigError(f"{where}.tokenizer_source: 'union' is not supported (evomerge merges models "
-                                      "over one shared vocabulary and builds no union tokenizer); use 'base' or a "
-                                      "model")
+    if tok is not None and cfg.get("tokenizer") is not None:
+        raise MergekitConfigError(f"{where}: give tokenizer_source or the tokenizer: block, not both")
+    if cfg.get("tokenizer") is not None or tok == "union":
+        from evomerge.merge.vocab import TokenizerSpec, VocabConfigError
+
+        try:
+            job.tokenizer = TokenizerSpec.parse(cfg.get("tokenizer") or {"source": "union"}, f"{where}.tokenizer")
+        except VocabConfigError as e:
+            raise MergekitConfigError(str(e)) from None
+    elif tok is not None and tok != "base":
         job.tokenizer_source = str(tok)
     if cfg.get("chat_template") is not None:
         from evomerge.merge import chat_template
