@@ -29,6 +29,18 @@ def compose(overrides: list[str]) -> dict:
         return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
 
 
+def lm_eval_results(evaluator, metrics: dict, model_dir: Path, split: str) -> dict:
+    """An lm_eval evaluator's metrics in lm-eval's own results layout ({"results": {task: {"metric,filter": v}}}),
+    so tools that read lm-eval output files read these too."""
+    results: dict[str, dict] = {}
+    for name in evaluator.metric_names():
+        if name in metrics:
+            task, _, key = name.partition("/")
+            results.setdefault(task, {"alias": task})[key] = metrics[name]
+    return {"results": results, "config": {"model": "evomerge-eval", "model_args": f"pretrained={model_dir}",
+                                           "split": split}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="evomerge-eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", help="a model folder (config.json + weights)")
@@ -61,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         evaluators = evaluators_pkg.build(cfg["evaluator"], SimpleNamespace(tokenizer=tokenizer),
                                           seed=int(cfg.get("seed", 0)), device=args.device)
         model = load_merged(model_dir, trust_remote_code=trust).to(args.device)
-        metrics, n = {}, 0
+        metrics, n, lm_files = {}, 0, {}
         for ev in evaluators:
             res = ev.evaluate(model, split, None)
             metrics.update(res.metrics)
             n += res.n_samples
+            if type(ev).__name__ == "LMEvalEvaluator":
+                lm_files[ev.name] = lm_eval_results(ev, res.metrics, model_dir, split)
     except Exception as e:  # noqa: BLE001 - one clear line for a bad override, model or dataset
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
@@ -76,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
               "environment": fingerprint()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str))
+    for name, results in lm_files.items():  # lm-eval's results format beside it, one file per lm_eval evaluator
+        (out.parent / f"{out.stem}.{name}.lm_eval.json").write_text(json.dumps(results, indent=2))
     for k, v in metrics.items():
         print(f"{k}\t{v:.6g}")
     print(f"scores written to {out}", file=sys.stderr)

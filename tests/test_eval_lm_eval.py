@@ -227,3 +227,12 @@ def test_fitness_drawn_from_a_test_split_is_warned_about(pool, task_dir, caplog)
     with caplog.at_level(logging.WARNING):
         LMEvalEvaluator(pool.tokenizer, ["t_val"], include_path=str(task_dir), fitness_samples=10)
     assert not any("test split" in r.getMessage() for r in caplog.records)
+
+
+def test_evomerge_eval_writes_lm_evals_results_layout(evaluator, tmp_path):
+    from evomerge.eval_cli import lm_eval_results
+
+    metrics = {m: 0.5 for m in evaluator.metric_names()}
+    out = lm_eval_results(evaluator, metrics, tmp_path, "test")
+    assert set(out["results"]) == {"t_gen", "t_mc", "t_ll"}
+    assert out["results"]["t_gen"]["exact_match,strict"] == 0.5 and out["results"]["t_mc"]["acc,none"] == 0.5
