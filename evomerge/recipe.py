@@ -61,6 +61,9 @@ class Hop:
     model: str
     layer: int
     scale: float = 1.0
+    # mergekit's passthrough `scale` on a slice: layer tensor (name after the layer prefix) -> weight factor, for
+    # the tensors whose factor is not 1. Applied when the path is exported (evomerge-merge); not in memory.
+    weight_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,7 +107,8 @@ class Recipe:
                 int(i): {g: r.to_dict() for g, r in groups.items()} for i, groups in sorted(self.layers.items())
             }
         if self.path is not None:
-            out["path"] = [[h.model, h.layer, _num(h.scale)] for h in self.path]
+            out["path"] = [[h.model, h.layer, _num(h.scale)] + ([{"weight_scale": dict(h.weight_scale)}]
+                                                                 if h.weight_scale else []) for h in self.path]
             out["scale_at"] = self.scale_at
             if self.head_from is not None:
                 out["head_from"] = self.head_from
@@ -127,7 +131,14 @@ class Recipe:
                                  f"'*' or '{FILTER}<name substring>'")
         path = None
         if d.get("path") is not None:
-            path = [Hop(str(m), int(layer), float(s)) for m, layer, s in d["path"]]
+            path = []
+            for k, entry in enumerate(d["path"]):
+                if not isinstance(entry, list | tuple) or len(entry) not in (3, 4):
+                    raise ValueError(f"{where}.path[{k}]: expected [model, layer, scale] (+ {{weight_scale}}), "
+                                     f"found {entry!r}")
+                extra = entry[3] if len(entry) == 4 else {}
+                ws = {str(n): float(v) for n, v in (extra.get("weight_scale") or {}).items()}
+                path.append(Hop(str(entry[0]), int(entry[1]), float(entry[2]), ws))
         default = Rule.from_dict(d["default"], f"{where}.default") if d.get("default") else None
         recipe = cls(
             models=[str(m) for m in d["models"]],

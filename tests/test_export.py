@@ -346,3 +346,25 @@ def test_union_tokenizer_lays_every_model_out_in_the_union_vocabulary(tmp_path, 
         torch.testing.assert_close(w[n:], w[:n].mean(0, keepdim=True).expand(w.shape[0] - n, -1))
     assert json.loads((out / "config.json").read_text())["vocab_size"] == state["lm_head.weight"].shape[0]
     reload_and_generate(out)
+
+
+def test_passthrough_slice_scale_multiplies_the_slices_tensors(tmp_path, m):
+    """mergekit's passthrough `scale` on a slice (a filter list here: o_proj halved, the rest kept) multiplies
+    that slice's tensors; other slices are untouched; the result reloads and generates."""
+    cfg = {"merge_method": "passthrough", "dtype": "float32", "slices": [
+        {"sources": [{"model": m["a"], "layer_range": [0, 2]}]},
+        {"sources": [{"model": m["b"], "layer_range": [1, 3]}],
+         "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"value": 1.0}]}}]}
+    out = tmp_path / "out"
+    assert main([str(mk(tmp_path, cfg)), str(out), "--no-progress"]) == 0
+    state = load_state(out)
+    a, b = (load_file(str(Path(m[k]) / "model.safetensors")) for k in ("a", "b"))
+    for k_out, (src, layer, halved) in enumerate([(a, 0, False), (a, 1, False), (b, 1, True), (b, 2, True)]):
+        for suffix in ("self_attn.o_proj.weight", "self_attn.q_proj.weight", "mlp.down_proj.weight"):
+            want = src[f"model.layers.{layer}.{suffix}"].float()
+            if halved and "o_proj" in suffix:
+                want = 0.5 * want
+            assert torch.equal(state[f"model.layers.{k_out}.{suffix}"], want), (k_out, suffix)
+    reload_and_generate(out)
+    bad = {**cfg, "slices": [{**cfg["slices"][0], "parameters": {"weight": 0.5}}]}
+    assert main([str(mk(tmp_path, bad, "bad.yaml")), str(tmp_path / "bad"), "--no-progress"]) != 0

@@ -117,6 +117,9 @@ def _layers_attr(layer_prefix: str) -> str:
 def check_path(pool: ModelPool, recipe: Recipe) -> None:
     if not recipe.path:
         raise PathError("recipe.path is empty: a data-flow model needs at least one hop")
+    if any(h.weight_scale for h in recipe.path):
+        raise PathError("recipe.path has per-tensor weight scales (mergekit's slice `scale`): they are applied by "
+                        "evomerge-merge's export only, not to in-memory path models")
     for k, hop in enumerate(recipe.path):
         if hop.model not in pool.state:
             raise PathError(f"recipe.path[{k}]: model {hop.model!r} is not in the pool {sorted(pool.state)}")

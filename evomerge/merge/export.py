@@ -381,6 +381,7 @@ def _path_plan(recipe: Recipe, ckpts, arch: ArchMap, folds) -> list[tuple[str, s
         for n in ckpts[hop.model].names:
             if arch.layer_of(n) == hop.layer:
                 factor = mlp_factors.get(k, 1.0) if is_mlp_out(arch, n) else 1.0
+                factor *= hop.weight_scale.get(n[len(arch.layer_key(hop.layer)):], 1.0)  # mergekit's slice `scale`
                 plan.append((arch.rename_layer(n, k), n, hop.model, factor))
     return plan
 

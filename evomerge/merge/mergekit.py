@@ -181,7 +181,7 @@ def from_mergekit(cfg: dict, arch: ArchMap, num_layers: int, layer_suffixes: lis
     if "slices" in cfg:
         slices = _read_slices(cfg["slices"], where)
         if method_name == "passthrough":
-            return _passthrough_slices(job, slices, base, global_params, num_layers, where)
+            return _passthrough_slices(job, slices, base, global_params, num_layers, where, arch, layer_suffixes)
         models, ranges = _identity_slices(slices, num_layers, where)
     else:
         models = _model_entries(cfg["models"], f"{where}.models")
@@ -308,24 +308,34 @@ def _read_slices(slices: Any, where: str) -> list[dict]:
 
 
 def _passthrough_slices(job: MergeJob, slices: list[dict], base: str | None, global_params: dict, num_layers: int,
-                        where: str) -> MergeJob:
-    """Stacked slices ("frankenmerge") -> a Recipe.path of unscaled hops."""
-    if global_params:
-        raise MergekitConfigError(f"{where}.parameters: passthrough slices take no parameters here "
-                                  f"(found {sorted(global_params)}); per-tensor `scale` is not supported with slices")
+                        where: str, arch: ArchMap, layer_suffixes: list[str]) -> MergeJob:
+    """Stacked slices ("frankenmerge") -> a Recipe.path of unscaled hops. mergekit's passthrough `scale` (on a
+    source, a slice or globally, in that precedence; a number, a gradient over the slice's layers or a filter list)
+    becomes each hop's per-tensor `weight_scale`."""
+    for key, params in [("parameters", global_params)] + [(f"slices[{k}]", {**sl["parameters"], **s["parameters"]})
+                                                          for k, sl in enumerate(slices) for s in sl["sources"]]:
+        bad = set(params) - {"scale"}
+        if bad:
+            raise MergekitConfigError(f"{where}.{key}: passthrough takes only `scale`, found {sorted(bad)}")
     path, models = [], []
     for k, sl in enumerate(slices):
         if len(sl["sources"]) != 1:
             raise MergekitConfigError(f"{where}.slices[{k}]: passthrough takes exactly one source per slice, found "
                                       f"{len(sl['sources'])}")
         src = sl["sources"][0]
-        if src["parameters"] or sl["parameters"]:
-            raise MergekitConfigError(f"{where}.slices[{k}]: parameters (e.g. scale) on passthrough slices are not "
-                                      f"supported; remove them")
         a, b = src["range"]
         if b > num_layers:
             raise MergekitConfigError(f"{where}.slices[{k}].layer_range [{a}, {b}]: the model has {num_layers} layers")
-        path += [Hop(src["model"], i, 1.0) for i in range(a, b)]
+        spec = src["parameters"].get("scale", sl["parameters"].get("scale", global_params.get("scale")))
+        for i in range(a, b):
+            ws = {}
+            if spec is not None:
+                t = (i - a) / (b - a - 1) if b - a > 1 else 0.0
+                for suffix in layer_suffixes:
+                    v = param_value(spec, t, arch.layer_key(i) + suffix, f"{where}.slices[{k}] scale")
+                    if v is not None and float(v) != 1.0:
+                        ws[suffix] = float(v)
+            path.append(Hop(src["model"], i, 1.0, ws))
         models.append(src["model"])
     # mergekit: embeddings from the first slice's model, final norm and head from the last slice's
     first = models[0]  # base_model plays no part in passthrough
@@ -473,6 +483,9 @@ def _group_for_filter(sel: str, arch: ArchMap) -> str:
 
 
 def _path_to_slices(recipe: Recipe, ref) -> dict:
+    if any(h.weight_scale for h in recipe.path):
+        raise NotExpressible("the path has per-tensor slice scales; writing them back as mergekit `scale` is not "
+                             "implemented")
     if any(float(h.scale) != 1.0 for h in recipe.path):
         raise NotExpressible("the path scales hidden states between hops (scale != 1); mergekit has no equivalent")
     if recipe.layers:
