@@ -83,6 +83,12 @@ def test_mergekit_base_plus_adapter_equals_the_folded_checkpoint(tmp_path, tiny_
         outs[label] = load_state(tmp_path / f"out_{label}")
     for k in outs["full"]:
         torch.testing.assert_close(outs["adapter"][k], outs["full"][k], rtol=1e-5, atol=1e-6, msg=k)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out_adapter")  # reloads and generates
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out_adapter")
+    ids = tok("ab", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 3
 
 
 def test_models_sources_lora_in_memory(tmp_path, tiny_llamas, cache):
