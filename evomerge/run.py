@@ -161,7 +161,8 @@ def check_minibatch(search: dict, evaluators: list) -> None:
 def resume_key(cfg: dict) -> dict:
     """The settings a resumed run must share with the original (the budget may grow)."""
     key = {k: cfg.get(k) for k in ("models", "merge", "space", "optimizer", "evaluator", "seed")}
-    key["search"] = {k: v for k, v in (cfg.get("search") or {}).items() if k != "budget"}
+    # the budget may grow, and final_pareto only decides a step after the search
+    key["search"] = {k: v for k, v in (cfg.get("search") or {}).items() if k not in ("budget", "final_pareto")}
     return key
 
 
@@ -256,7 +257,8 @@ def _run(cfg: dict[str, Any], run_dir: Path, settings: SearchSettings) -> dict:
         summary["preconditions"] = preconditions
     if selection is not None:
         summary["selection"] = {"split": "validation", "candidates": selection, "best_by_fitness": result.best["id"]}
-    if len(objectives) > 1 or search.get("final_pareto"):
+    pareto = search.get("final_pareto")  # None: with several objectives; true / false: always / never
+    if (len(objectives) > 1 and pareto is not False) or pareto:
         summary["pareto"] = pareto_held_out(worker, result.front, split)
         atomic_write_json(run_dir / "pareto_final.json", summary["pareto"])
         log.info("Pareto front: %d member(s), each evaluated once on the %s split (pareto_final.json)",
