@@ -161,8 +161,9 @@ def check_minibatch(search: dict, evaluators: list) -> None:
 def resume_key(cfg: dict) -> dict:
     """The settings a resumed run must share with the original (the budget may grow)."""
     key = {k: cfg.get(k) for k in ("models", "merge", "space", "optimizer", "evaluator", "seed")}
-    # the budget may grow, and final_pareto only decides a step after the search
-    key["search"] = {k: v for k, v in (cfg.get("search") or {}).items() if k not in ("budget", "final_pareto")}
+    from evomerge.search.loop import RESUME_FREE
+
+    key["search"] = {k: v for k, v in (cfg.get("search") or {}).items() if k not in RESUME_FREE}
     return key
 
 

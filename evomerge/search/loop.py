@@ -168,6 +168,9 @@ def selection_candidates(records: list[dict], weights, top: int | None) -> list[
     return ranked[:top] if top else ranked
 
 
+RESUME_FREE = ("budget", "final_pareto")  # search settings a resume may change (they decide nothing already run)
+
+
 def check_run_dir(run_dir: Path, resume: bool, config: dict | None) -> None:
     """Before any model is loaded: a fresh run refuses a used directory; a resume refuses a changed config."""
     run_dir = Path(run_dir)
@@ -195,6 +198,8 @@ def _read_checkpoint(ckpt: Path) -> dict:
 
 def _check_config(ckpt: Path, saved: dict | None, config: dict | None, run_dir: Path) -> None:
     config = checkpoint.normalised(config)
+    if isinstance(saved, dict) and isinstance(saved.get("search"), dict):  # runs saved before these were exempt
+        saved = {**saved, "search": {k: v for k, v in saved["search"].items() if k not in RESUME_FREE}}
     if config is None or saved is None or saved == config:
         return
     diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
