@@ -424,3 +424,13 @@ def test_search_weights_reach_a_scalarising_optimiser():
     assert list(opt.weights) == [1.0, 0.5, 0.5]
     with pytest.raises(ValueError, match="set the weighting once"):
         optimizer_config({"optimizer": {"kind": "cmaes", "weights": [0.2, 0.4, 0.4]}, "search": cfg["search"]})
+
+
+def test_resume_may_change_budget_and_final_pareto_only(tmp_path):
+    """Also against a checkpoint saved before final_pareto was exempt (its config still holds the old value)."""
+    from evomerge.search.loop import _check_config
+
+    saved = {"seed": 0, "search": {"objectives": [{"metric": "acc/a"}], "final_pareto": False}}
+    _check_config(tmp_path / "c", saved, {"seed": 0, "search": {"objectives": [{"metric": "acc/a"}]}}, tmp_path)
+    with pytest.raises(ValueError, match=r"differs .* in \['search'\]"):
+        _check_config(tmp_path / "c", saved, {"seed": 0, "search": {"objectives": [{"metric": "acc/b"}]}}, tmp_path)
