@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose(overrides)
         from evomerge import evaluator as evaluators_pkg
+        from evomerge.evaluator.lm_eval import (
+            LMEvalEvaluator,  # lm_eval itself is imported only when one is built
+        )
         from evomerge.load import load_merged
         from evomerge.models.pool import load_tokenizer
 
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             res = ev.evaluate(model, split, None)
             metrics.update(res.metrics)
             n += res.n_samples
-            if type(ev).__name__ == "LMEvalEvaluator":
+            if isinstance(ev, LMEvalEvaluator):
                 lm_files[ev.name] = lm_eval_results(ev, res.metrics, model_dir, split)
     except Exception as e:  # noqa: BLE001 - one clear line for a bad override, model or dataset
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)

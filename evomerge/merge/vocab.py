@@ -134,9 +134,11 @@ class VocabPlan:
         first = next(iter(tensors.values()))
         shape, dtype = first.shape[1:], first.dtype
         present = np.stack([self.rows[m] >= 0 for m in names])  # models x tokens
+        forced = np.zeros(present.shape[1], dtype=bool)  # tokens whose override applies to every model
+        forced[[self.token_ids[t] for t, c in self.tokens.items() if c["force"] and t in self.token_ids]] = True
         default: dict[int, torch.Tensor] = {}
         by_id = {i: t for t, i in self.token_ids.items()}
-        for i in np.flatnonzero(~present.all(0) | np.isin(np.arange(present.shape[1]), self._forced())):
+        for i in np.flatnonzero(~present.all(0) | forced):
             tok = by_id.get(int(i))
             cfg = self.tokens.get(tok) if tok is not None else None
             have = [m for m, p in zip(names, present[:, i], strict=True) if p]
@@ -157,22 +159,17 @@ class VocabPlan:
             else:
                 log.warning("token %r is in no model: its embedding rows are zero", tok)
                 default[i] = torch.zeros(shape, dtype=dtype)
-        forced = set(self._forced().tolist())
         out = {}
         for m in names:
             r = self.rows[m]
             n = len(r)
             new = torch.zeros((self.size, *shape), dtype=dtype)
-            keep = np.flatnonzero((r >= 0) & ~np.isin(np.arange(n), list(forced)))
+            keep = np.flatnonzero((r >= 0) & ~forced)
             new[torch.as_tensor(keep)] = tensors[m][torch.as_tensor(r[keep])]
             for i, row in default.items():
-                if r[i] < 0 or i in forced:
+                if r[i] < 0 or forced[i]:
                     new[i] = row
             if self.size > n:  # padding rows: the mean of the real ones
                 new[n:] = new[:n].float().mean(0).to(dtype)
             out[m] = new
         return out
-
-    def _forced(self) -> np.ndarray:
-        return np.array([self.token_ids[t] for t, c in self.tokens.items() if c["force"] and t in self.token_ids],
-                        dtype=np.int64)
