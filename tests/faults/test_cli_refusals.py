@@ -48,7 +48,9 @@ def test_dry_run_with_a_missing_source_fails(tmp_path, zoo_root, digits_zoo):
 
 def test_ctrl_c_stops_without_a_traceback_and_says_how_to_resume(tmp_path, zoo_root, digits_zoo):
     run = tmp_path / "run"
-    args = ["experiment=digits", "optimizer.popsize=6", "threads=1", f"hydra.run.dir={run}"]
+    # restarts: CMA-ES alone can converge (and the run end) before the signal arrives on a loaded machine
+    args = ["experiment=digits", "optimizer.popsize=6", "optimizer.restarts=100000", "optimizer.restart_strategy=bipop",
+            "threads=1", f"hydra.run.dir={run}"]
     env = {**os.environ, "EVOMERGE_ZOO": str(zoo_root), "WANDB_MODE": "disabled"}
     proc = subprocess.Popen([sys.executable, "-m", "evomerge", *args, "search.budget=100000"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -58,6 +60,7 @@ def test_ctrl_c_stops_without_a_traceback_and_says_how_to_resume(tmp_path, zoo_r
         if log.exists() and log.read_bytes().count(b"\n") >= 8:
             break
         time.sleep(0.01)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
