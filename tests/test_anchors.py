@@ -61,6 +61,21 @@ def test_choose_anchors_weights_and_determinism():
     assert len(set(a1.tolist())) == 10 and w1.sum() == pytest.approx(1.0)
 
 
+def test_fewer_response_patterns_than_k_give_one_anchor_per_pattern():
+    """4 calibration models with binary scores leave at most 16 patterns: with k = 40 each pattern is one anchor
+    (k-means had empty clusters here and crashed), and the mean estimate is exact for every calibration model."""
+    rng = np.random.default_rng(0)
+    calib = (rng.random((4, 200)) < 0.5).astype(float)
+    calib[:, 100:] = calib[:, :1]  # half of the items share the first one's pattern
+    fit = AnchorFit.calibrate({"m": calib}, k=40)
+    n_patterns = len(np.unique(calib.T, axis=0))
+    assert len(fit.anchors) == n_patterns <= 16 and fit.weights.sum() == pytest.approx(1.0)
+    same_as_first = (calib == calib[:, :1]).all(0).sum()  # >= 101: the copies, and the random items that match
+    assert fit.weights[list(fit.anchors).index(0)] == pytest.approx(same_as_first / 200)
+    for y in calib:
+        assert fit.estimate("m", y[fit.anchors], "mean") == pytest.approx(y.mean(), abs=1e-12)
+
+
 def test_anchored_digits_evaluator(zoo_root, digits_zoo):
     """Through the evaluator config: the fitness split is scored on k anchors (n_samples shrinks), the estimate is
     close to the full score for a merge the calibration never saw, and held-out splits stay in full."""

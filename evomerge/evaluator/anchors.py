@@ -27,16 +27,28 @@ ESTIMATORS = ("mean", "pirt")
 
 
 def choose_anchors(features: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(anchor item indices, weights summing to 1) from items' response features (n_items, n_features)."""
+    """(anchor item indices, weights summing to 1) from items' response features (n_items, n_features).
+
+    Items with the same response pattern are interchangeable for every calibration model, so when there are at
+    most k distinct patterns each pattern is one anchor (its lowest item) weighted by its share: fewer than k
+    anchors, and the `mean` estimate is exact for every calibration model. With few models and binary scores
+    (4 models: at most 16 patterns) this is the common case."""
     n = len(features)
     if k >= n:
         return np.arange(n), np.full(n, 1.0 / n)
+    patterns, first, labels = np.unique(features, axis=0, return_index=True, return_inverse=True)
+    if len(patterns) <= k:
+        counts = np.bincount(labels.reshape(-1), minlength=len(patterns))
+        order = np.argsort(first)
+        return first[order], counts[order] / n
     from sklearn.cluster import KMeans
 
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(features)
     anchors, weights = [], []
     for c in range(k):
         members = np.flatnonzero(km.labels_ == c)
+        if not len(members):
+            continue
         d = ((features[members] - km.cluster_centers_[c]) ** 2).sum(1)
         anchors.append(int(members[np.argmin(d)]))  # ties: the lowest index (argmin's first)
         weights.append(len(members) / n)

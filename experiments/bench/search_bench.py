@@ -54,19 +54,33 @@ from evomerge.search.objectives import Objective  # noqa: E402
 FITNESS_SAMPLES: list[str] = []  # extra override, e.g. ["evaluator.digits.fitness_samples=360"]
 
 
+STUDIES = {  # name -> (experiment overrides, the objective and held-out metric, the evaluator anchors wrap)
+    "digits": (["experiment=digits"], "acc/mean", "digits"),
+    # jp_math_mini without its second task (ja_general is reported, never searched): the search's fitness alone
+    "jp_math_mini": (["experiment=jp_math_mini", "~evaluator.ja_general"], "jp_math/acc_ja", "jp_math"),
+}
+STUDY = "digits"
+
+
 def load_digits(seed: int, anchors: dict | None = None):
+    """(cfg, pool, space, worker, evaluators) of the current STUDY (digits unless --study says otherwise)."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
+    overrides, _, ev_name = STUDIES[STUDY]
     with initialize_config_module(config_module="evomerge.conf", version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=digits", f"seed={seed}",
-                                                                  *FITNESS_SAMPLES]), resolve=True)
+        cfg = OmegaConf.to_container(compose("config", overrides=[*overrides, f"seed={seed}", *FITNESS_SAMPLES]),
+                                     resolve=True)
     if anchors:
-        cfg["evaluator"]["digits"]["anchors"] = anchors
+        cfg["evaluator"][ev_name]["anchors"] = anchors
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"])
     space = space_pkg.build(cfg["space"], cfg["merge"], pool, seed=seed)
     evaluators = evaluators_pkg.build(cfg["evaluator"], pool, seed=seed)
     return cfg, pool, space, Worker(pool, evaluators), evaluators
+
+
+def metric() -> str:
+    return STUDIES[STUDY][1]
 
 
 class CountingLogger:
@@ -105,10 +119,10 @@ def search(space, worker, objectives, kind, popsize, budget, seed, fidelity=None
 _held_out_cache: dict = {}
 
 
-def held_out(worker, record, metric="acc/mean") -> float:
-    key = json.dumps(record["recipe"], sort_keys=True)
+def held_out(worker, record) -> float:
+    key = (STUDY, json.dumps(record["recipe"], sort_keys=True))
     if key not in _held_out_cache:
-        _held_out_cache[key] = worker.evaluate(Recipe.from_dict(record["recipe"]), "test").metrics[metric]
+        _held_out_cache[key] = worker.evaluate(Recipe.from_dict(record["recipe"]), "test").metrics[metric()]
     return _held_out_cache[key]
 
 
@@ -194,7 +208,7 @@ def part_c(seed, budget):
 
 
 def part_d(seeds, budget, k_anchors=40):
-    obj = [Objective("acc/mean", "max")]
+    obj = [Objective(metric(), "max")]
     methods = {  # name -> (optimizer kind, popsize, options, evaluations, fidelity, anchors)
         "random": ("random", 12, {}, budget, None, None),
         "TPE (optuna)": ("optuna", 12, {"sampler": "tpe", "n_startup_trials": 12}, budget, None, None),
@@ -206,7 +220,7 @@ def part_d(seeds, budget, k_anchors=40):
         "CMA-ES + successive halving": ("cmaes", 18, {}, 5 * budget, {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3},
                                         None),
     }
-    print(f"\n## D. Samples to reach the reference's held-out score (reference: CMA-ES popsize 12, {budget} "
+    print(f"\n## D ({STUDY}, objective {metric()}). Samples to reach the reference's held-out score (reference: CMA-ES popsize 12, {budget} "
           f"evaluations at full fidelity), seeds {seeds}\n")
     ratios = {m: [] for m in ["CMA-ES (reference)", *methods]}
     at_ref = {m: [] for m in methods}
@@ -218,6 +232,7 @@ def part_d(seeds, budget, k_anchors=40):
         t0 = time.perf_counter()
         _, ref = search(space, worker, obj, "cmaes", 12, budget, seed, n_fitness=n_fit)
         ref_wall = time.perf_counter() - t0
+        per_eval = ref.trace[0][1]["n_samples"]  # samples of one full-fidelity fitness evaluation
         target = held_out(worker, ref.best)
         s_ref = samples_to_reach(worker, ref.trace, target)
         ref_rows.append((seed, target, s_ref, ref.samples, ref_wall))
@@ -229,7 +244,7 @@ def part_d(seeds, budget, k_anchors=40):
             walls[name].append((time.perf_counter() - t0) / ref_wall)
             calib = 0
             if anchors is not None:  # calibration: every pool model and the average on the whole fitness split
-                calib = (len(p2.all_names) + 1) * n_fit * len(ev2[0].inner.tasks)
+                calib = (len(p2.all_names) + 1) * per_eval
                 lg.trace = [(s + calib, r) for s, r in lg.trace]
             s = samples_to_reach(worker, lg.trace, target)
             ratios[name].append(None if s is None else s / ref.samples)
@@ -263,10 +278,15 @@ def main():
     ap.add_argument("--parts", default="ABC", help="which parts to run, e.g. B or D")
     ap.add_argument("--mode", default="successive_halving", choices=["successive_halving", "hyperband"])
     ap.add_argument("--fitness-samples", type=int, default=None, help="fitness split size per task (default 200)")
+    ap.add_argument("--study", default="digits", choices=sorted(STUDIES), help="the experiment part D searches")
     args = ap.parse_args()
+    global STUDY
+    STUDY = args.study
+    if STUDY != "digits" and set(args.parts) - {"D"}:
+        ap.error(f"--study {STUDY}: only part D is written for other studies (parts A-C are digits' own)")
     torch.set_num_threads(1)
     if args.fitness_samples:
-        FITNESS_SAMPLES.append(f"evaluator.digits.fitness_samples={args.fitness_samples}")
+        FITNESS_SAMPLES.append(f"evaluator.{STUDIES[STUDY][2]}.fitness_samples={args.fitness_samples}")
     seeds = list(range(1 if args.quick else args.seeds))
     budget = 36 if args.quick else args.budget
     t0 = time.time()
@@ -282,7 +302,8 @@ def main():
           f"{' --quick' if args.quick else ''}{'' if args.parts == 'ABC' else ' --parts ' + args.parts}"
           f"{f' --seeds {args.seeds}' if args.seeds != 3 else ''}"
           f"{f' --fitness-samples {args.fitness_samples}' if args.fitness_samples else ''}"
-          f"{'' if args.mode == 'successive_halving' else ' --mode ' + args.mode})")
+          f"{'' if args.mode == 'successive_halving' else ' --mode ' + args.mode}"
+          f"{'' if args.study == 'digits' else ' --study ' + args.study})")
 
 
 if __name__ == "__main__":
