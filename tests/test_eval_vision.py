@@ -83,7 +83,7 @@ def test_registered_loader_and_nan_logits():
         with pytest.raises(FloatingPointError, match="non-finite"):
             ev.evaluate(lin)
     finally:
-        DATASETS.pop("toy")
+        DATASETS.unregister("toy")
 
 
 def test_bad_input(npz_root):

@@ -1,27 +1,16 @@
 """Evaluators (config group `evaluator`): a mapping of named evaluators, each with a `kind`.
 
-Adding an evaluator is one class (the protocol in base.py) and one entry in KINDS: `kind -> (module:Class, needs
-the pool's tokenizer)`. Every option of the entry except `kind` goes to the class's constructor, so a misspelt
-option fails at build time, before any model work.
+Adding an evaluator is one class (the protocol in base.py) and one line in `evomerge.registry.EVALUATORS`. Every
+option of the entry except `kind` goes to the class's constructor, so a misspelt option fails at build time, before
+any model work; a class whose constructor takes `tokenizer` gets the pool's.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
-KINDS = {
-    "vision": ("evomerge.evaluator.vision:VisionEvaluator", False),
-    "lm_eval": ("evomerge.evaluator.lm_eval:LMEvalEvaluator", True),
-    "jp_math": ("evomerge.evaluator.jp_math:JPMathEvaluator", True),
-    "perplexity": ("evomerge.evaluator.perplexity:PerplexityEvaluator", True),
-}
-
-
-def evaluator_class(kind: str):
-    module, cls = KINDS[kind][0].split(":")
-    return getattr(importlib.import_module(module), cls)
+from evomerge.registry import EVALUATORS
 
 
 def build(cfg: Any, pool, seed: int = 0, device: str = "cpu") -> list:
@@ -33,16 +22,15 @@ def build(cfg: Any, pool, seed: int = 0, device: str = "cpu") -> list:
             raise ValueError(f"evaluator.{name}: expected a mapping with a `kind`, found {ev!r}")
         ev = dict(ev)
         kind = ev.get("kind")
-        if kind not in KINDS:
-            raise ValueError(f"evaluator.{name}.kind: unknown evaluator {kind!r}; expected one of {sorted(KINDS)}")
-        cls = evaluator_class(kind)
+        cls = EVALUATORS.get(kind, f"evaluator.{name}.kind")
         options = {k: v for k, v in ev.items() if k not in ("kind", "anchors")}
-        accepted = set(inspect.signature(cls).parameters) - {"tokenizer", "name", "seed", "device"}
+        parameters = set(inspect.signature(cls).parameters)
+        accepted = parameters - {"tokenizer", "name", "seed", "device"}
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise ValueError(f"evaluator.{name}: unknown option(s) {unknown} for kind {kind!r}; accepted: "
                              f"{sorted(accepted)}")
-        if KINDS[kind][1]:
+        if "tokenizer" in parameters:
             options["tokenizer"] = getattr(pool, "tokenizer", None)
         built = cls(name=name, seed=seed, device=device, **options)
         if ev.get("anchors"):  # scored on anchor items, whole-split estimates (evomerge/evaluator/anchors.py)

@@ -1,6 +1,6 @@
 """Image classification: accuracy and loss per task on any torch classifier and any (image, label) dataset.
 
-Datasets come from a loader registered in `DATASETS` (`register_dataset`): `loader(task, split, **dataset_kwargs)
+Datasets come from a loader registered in `evomerge.registry.DATASETS` (`register_dataset`): `loader(task, split, **dataset_kwargs)
 -> (images, labels)`, with split one of train/validation/test. Built in: `digits` (the digits zoo) and `npz`
 (user data without code: `<root>/<task>/<split>.npz` holding `images` and `labels` arrays). The fitness split is
 a fixed, seeded subsample of the validation split; `validation` is the whole validation split; `test` is test.
@@ -21,15 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from evomerge.evaluator.base import EvalResult, check_split
+from evomerge.registry import DATASETS
 
 
-def _digits(task: str, split: str):
-    from evomerge.zoo.digits import load_task
-
-    return load_task(task, split)
-
-
-def _npz(task: str, split: str, root: str | None = None):
+def load_npz(task: str, split: str, root: str | None = None):
     """User data without code: `<root>/<task>/<split>.npz` with arrays `images` (N, ...) and `labels` (N,)."""
     if root is None:
         raise ValueError("evaluator.dataset_kwargs.root: the npz dataset needs a root folder")
@@ -49,26 +44,24 @@ def _npz(task: str, split: str, root: str | None = None):
 
 
 Loader = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-DATASETS: dict[str, Loader] = {"digits": _digits, "npz": _npz}
 
 
 def register_dataset(name: str, loader: Loader) -> None:
     """Make `loader(task, split, **dataset_kwargs) -> (images, labels)` available as `dataset: <name>`."""
-    DATASETS[name] = loader
+    DATASETS.register(name, loader)
 
 
 class VisionEvaluator:
     def __init__(self, tasks: list[str], dataset: str = "digits", fitness_samples: int = 200, seed: int = 0,
                  batch_size: int = 512, device: str = "cpu", name: str = "vision",
                  dataset_kwargs: dict | None = None):
-        if dataset not in DATASETS:
-            raise ValueError(f"evaluator.dataset: unknown dataset {dataset!r}; registered: {sorted(DATASETS)}")
+        load = DATASETS.get(dataset, "evaluator.dataset")
         if not tasks:
             raise ValueError("evaluator.tasks: empty; expected at least one task")
         self.name, self.tasks, self.batch_size, self.device = name, list(tasks), batch_size, device
         self.data: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {"fitness": {}, "validation": {}, "test": {}}
         for task in tasks:
-            val = DATASETS[dataset](task, "validation", **(dataset_kwargs or {}))
+            val = load(task, "validation", **(dataset_kwargs or {}))
             if fitness_samples <= 0 or fitness_samples > len(val[1]):
                 raise ValueError(
                     f"evaluator.fitness_samples: {fitness_samples} for task {task!r}, whose validation split has "
@@ -77,7 +70,7 @@ class VisionEvaluator:
             pick = np.sort(np.random.default_rng(seed).choice(len(val[1]), fitness_samples, replace=False))
             self.data["fitness"][task] = (val[0][pick], val[1][pick])
             self.data["validation"][task] = val
-            self.data["test"][task] = DATASETS[dataset](task, "test", **(dataset_kwargs or {}))
+            self.data["test"][task] = load(task, "test", **(dataset_kwargs or {}))
 
     def item_scores(self, records: list[dict]) -> dict[str, np.ndarray]:
         """Per-item correctness for each task's accuracy and their mean, in item order (evaluator/anchors.py)."""

@@ -7,10 +7,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from evomerge.executor.serial import SerialExecutor
 from evomerge.executor.worker import Worker
+from evomerge.registry import EXECUTORS
 
-KINDS = ("serial", "ray")
 RAY_KEYS = {"kind", "address", "num_workers", "num_cpus", "num_gpus", "device", "max_restarts",
             "startup_timeout_s", "runtime_env"}
 
@@ -19,8 +18,7 @@ def check(cfg: Any) -> None:
     """Validate the `executor` config before anything is loaded (no Ray is started here)."""
     cfg = dict(cfg or {"kind": "serial"})
     kind = cfg.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"executor.kind: unknown executor {kind!r}; expected one of {list(KINDS)}")
+    EXECUTORS.check(kind, "executor.kind")
     if kind == "serial":
         return
     unknown = sorted(set(cfg) - RAY_KEYS)
@@ -79,12 +77,11 @@ def build(cfg: dict, worker: Worker, pool):
     """The executor chosen by `cfg["executor"]`; `worker` is the driver's own Worker (serial uses it as is)."""
     ex = dict(cfg.get("executor") or {"kind": "serial"})
     check(ex)
+    executor = EXECUTORS.get(ex["kind"], "executor.kind")
     if ex["kind"] == "serial":
-        return SerialExecutor(worker)
-    from evomerge.executor.ray import RayExecutor
-
+        return executor(worker)
     factory = functools.partial(make_worker, cfg["evaluator"], int(cfg.get("seed", 0)), worker.keep_records)
-    return RayExecutor(
+    return executor(
         pool, factory, device=ex.get("device") or cfg.get("device", "cpu"), address=ex.get("address"),
         num_workers=ex.get("num_workers"), num_cpus=ex.get("num_cpus", 1), num_gpus=ex.get("num_gpus", 0),
         max_restarts=ex.get("max_restarts", 3), startup_timeout_s=ex.get("startup_timeout_s", 600),

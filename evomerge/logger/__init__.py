@@ -9,19 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-LOGGERS = {
-    "local": "evomerge.logger.local:LocalLogger",
-    "wandb": "evomerge.logger.wandb:WandbLogger",
-}
+from evomerge.registry import LOGGERS
 
 
 def build(cfg: Any, run_dir, run_config: dict | None = None):
     """The logger named by `cfg.kind`; `run_config` is the whole resolved config (logged by trackers)."""
     cfg = dict(cfg or {"kind": "local"})
-    kind = cfg.get("kind")
-    if kind not in LOGGERS:
-        raise ValueError(f"logger.kind: unknown logger {kind!r}; expected one of {sorted(LOGGERS)}")
-    import importlib
-
-    module, cls = LOGGERS[kind].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg, run_dir, run_config)
+    return LOGGERS.get(cfg.get("kind"), "logger.kind")(cfg, run_dir, run_config)

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from evomerge.models.pool import (
-    LOCAL_ARCHITECTURES,
     ModelPool,
     ModelSpec,
     load_pool,
     load_tokenizer,
     resolve_path,
 )
+from evomerge.registry import ARCHITECTURES
 
 DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,7 +68,7 @@ def tokenizer_only(cfg: Any, zoo_root: str) -> SimpleNamespace:
     path = cfg.get("tokenizer_source") or (base or sources[0]).path
     cfg_file = resolve_path((base or sources[0]).path) / "config.json"
     if cfg_file.exists() and (json.loads(cfg_file.read_text()).get("architectures") or [None])[0] in \
-            LOCAL_ARCHITECTURES:
+            ARCHITECTURES:
         return SimpleNamespace(tokenizer=None)  # evomerge's own non-text models
     return SimpleNamespace(tokenizer=load_tokenizer(path, bool(cfg.get("trust_remote_code", False))))
 

@@ -1,13 +1,12 @@
 """The source-model pool: every model of a search loaded once, checked for compatibility before any work.
 
 A model folder holds `config.json` plus weights. `config.json`'s `architectures[0]` picks the loader: evomerge's own
-small models (the zoos) by class name from `LOCAL_ARCHITECTURES`, anything else through `transformers`.
+small models (the zoos) by class name from `evomerge.registry.ARCHITECTURES`, anything else through `transformers`.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 from collections.abc import Callable
@@ -19,11 +18,10 @@ import torch
 from torch import nn
 
 from evomerge.models.arch import ArchMap, arch_for
+from evomerge.registry import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
-# Architectures implemented inside evomerge (data: name -> "module:Class" with a from_pretrained classmethod).
-LOCAL_ARCHITECTURES = {"DigitsCNN": "evomerge.zoo.digits:DigitsCNN"}
 
 
 @dataclass
@@ -160,9 +158,8 @@ def load_model(path: str, dtype: torch.dtype | None = None, trust_remote_code: b
     arch = None
     if cfg_file.exists():
         arch = (read_config(cfg_file).get("architectures") or [None])[0]
-    if arch in LOCAL_ARCHITECTURES:
-        module, cls = LOCAL_ARCHITECTURES[arch].split(":")
-        return getattr(importlib.import_module(module), cls).from_pretrained(p)
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES.get(arch, f"{cfg_file}: architectures").from_pretrained(p)
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}

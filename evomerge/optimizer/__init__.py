@@ -9,14 +9,15 @@ state (numpy's, which `cma` uses, is restored too), with their own generators se
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Protocol
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from evomerge.registry import OPTIMIZERS
 
-KINDS = ["cmaes", "random", "nsga2", "nsga3", "ga", "de", "pso", "optuna"]
+log = logging.getLogger(__name__)
 
 
 class Optimizer(Protocol):
@@ -36,11 +37,15 @@ def is_scalarising(kind: str, n_obj: int) -> bool:
 
 def build(cfg: Any, xl: np.ndarray, xu: np.ndarray, n_obj: int, seed: int, initial: np.ndarray | None = None,
           var_types: list[str] | None = None, n_constr: int = 0) -> Optimizer:
+    """The adapter registered as `optimizer.kind` (evomerge.registry.OPTIMIZERS). It receives the standard
+    arguments it declares (bounds, n_obj, seed, initial genomes, var_types, n_constr; `kind` when one adapter serves
+    several algorithms) and the config's options; an option it does not take is refused by name."""
     cfg = dict(cfg)
     kind = cfg.pop("kind", None)
     if kind == "moead":
         raise ValueError("optimizer.kind=moead: pymoo's MOEA/D is steady-state (one candidate per ask, state in a "
                          "generator that cannot be checkpointed); use nsga2 or nsga3 for several objectives")
+    cls = OPTIMIZERS.get(kind, "optimizer.kind")
     if is_scalarising(kind, n_obj):
         w = cfg.get("weights") or [1.0 / n_obj] * n_obj
         log.warning("optimizer %s is single-objective: it minimises the weighted sum of the %d objectives with "
@@ -49,38 +54,18 @@ def build(cfg: Any, xl: np.ndarray, xu: np.ndarray, n_obj: int, seed: int, initi
     if kind == "nsga2" and n_obj == 1:
         log.info("optimizer nsga2 with one objective: an elitist GA (rank = fitness order, crowding distance for "
                  "diversity)")
-    if kind == "cmaes":
-        from evomerge.optimizer.cmaes import CMAES
-
-        return CMAES(xl, xu, n_obj=n_obj, seed=seed, initial=initial, var_types=var_types,
-                     **_options(cfg, CMAES, kind))
-    if kind == "random":
-        from evomerge.optimizer.random_search import RandomSearch
-
-        cfg.pop("weights", None)
-        return RandomSearch(xl, xu, seed=seed, initial=initial, var_types=var_types, n_obj=n_obj,
-                            **_options(cfg, RandomSearch, kind))
-    if kind == "optuna":
-        from evomerge.optimizer.optuna_adapter import OptunaOptimizer
-
-        cfg.pop("weights", None)
-        return OptunaOptimizer(xl, xu, n_obj=n_obj, seed=seed, initial=initial, var_types=var_types,
-                               n_constr=n_constr, **_options(cfg, OptunaOptimizer, kind))
-    if kind in KINDS:
-        from evomerge.optimizer.pymoo_adapter import PymooOptimizer
-
-        return PymooOptimizer(kind, xl, xu, n_obj=n_obj, seed=seed, initial=initial, var_types=var_types,
-                              n_constr=n_constr, **cfg)
-    raise ValueError(f"optimizer.kind: unknown optimiser {kind!r}; expected one of {KINDS}")
+    params = inspect.signature(cls.__init__).parameters
+    if "weights" not in params:
+        cfg.pop("weights", None)  # the one weighting lives in search.weights (run.optimizer_config)
+    standard = {"kind": kind, "n_obj": n_obj, "seed": seed, "initial": initial, "var_types": var_types,
+                "n_constr": n_constr}
+    standard = {k: v for k, v in standard.items() if k in params}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = [p for p in params if p not in ("self", "xl", "xu", *STANDARD)]
+        unknown = sorted(set(cfg) - set(valid))
+        if unknown:
+            raise ValueError(f"optimizer ({kind}): unknown option(s) {unknown}; valid options: {valid}")
+    return cls(xl=xl, xu=xu, **standard, **cfg)
 
 
-def _options(cfg: dict, cls, kind: str) -> dict:
-    """Refuse option names the adapter does not take, naming the valid ones (instead of a TypeError)."""
-    import inspect
-
-    valid = [p for p in inspect.signature(cls.__init__).parameters
-             if p not in ("self", "xl", "xu", "n_obj", "seed", "initial", "var_types", "n_constr")]
-    unknown = sorted(set(cfg) - set(valid))
-    if unknown:
-        raise ValueError(f"optimizer ({kind}): unknown option(s) {unknown}; valid options: {valid}")
-    return cfg
+STANDARD = ("kind", "n_obj", "seed", "initial", "var_types", "n_constr")

@@ -59,6 +59,32 @@ class _PathSpace(GeneBox):
     seed: int
     scale_at: str
 
+    @classmethod
+    def from_config(cls, cfg: dict, merge_cfg: dict, pool, seed: int = 0) -> _PathSpace:
+        """The `space` group (kind dfs or dfs_depth) over `pool`; `recipe_models` (PS+DFS) first adds saved recipes,
+        merged on load, as models of the pool (evomerge/load.py)."""
+        from evomerge.load import add_recipe_model
+
+        for name, recipe_file in dict(cfg.get("recipe_models") or {}).items():
+            if name not in pool.state:
+                add_recipe_model(pool, str(name), str(recipe_file))
+        models = list(cfg.get("models") or pool.names)
+        unknown = [m for m in models if m not in pool.state]
+        if unknown:
+            raise ValueError(f"space.models: {unknown} not in the pool {sorted(pool.state)} (add them under models "
+                             "or space.recipe_models)")
+        common = dict(models=models, num_layers=pool.num_layers, anchor=cfg.get("anchor"),
+                      fixed_ends=int(cfg.get("fixed_ends", 1)), max_path_length=cfg.get("max_path_length"),
+                      scale_bounds=tuple(cfg.get("scale_bounds", (0.0, 2.0))),
+                      include_type=str(cfg.get("include_type", "real")),
+                      scale_at=str(cfg.get("scale_at", "mlp_output")), seed=seed)
+        return cls(**common, **cls.options(cfg))
+
+    @classmethod
+    def options(cls, cfg: dict) -> dict:
+        """This encoding's own settings from the config (none for the depth-only space)."""
+        return {}
+
     def _finish(self) -> None:
         self._set_bounds()
 
@@ -117,6 +143,10 @@ class DFSSpace(_PathSpace):
     seed: int = 0
     scale_at: str = "mlp_output"  # where a hop scale acts (evomerge/recipe.py: SCALE_AT)
     kind = "dfs"
+
+    @classmethod
+    def options(cls, cfg: dict) -> dict:
+        return {"repeats": int(cfg.get("repeats", 3)), "scales": str(cfg.get("scales", "per_slot"))}
 
     def __post_init__(self):
         self.anchor = self.anchor or self.models[0]

@@ -57,6 +57,42 @@ class PSSpace(GeneBox):
     seed: int = 0
     method_specs: dict = field(default_factory=dict, init=False, repr=False)  # name -> registry Method
 
+    @classmethod
+    def from_config(cls, cfg: dict, merge_cfg: dict, pool, seed: int = 0) -> PSSpace:
+        """The `space` group (kind ps) over `pool`. The space may override the merge group's method (or list
+        several: a categorical gene per layer group); the merge group's fixed params apply only when its method is
+        used."""
+        from evomerge.merge.registry import get_method
+        from evomerge.space import bounds
+
+        method = cfg.get("method") or merge_cfg["method"]
+        for name in [method] if isinstance(method, str) else list(method):
+            try:
+                get_method(name)
+            except ValueError as e:  # say which key the name came from
+                raise ValueError(f"{'space.method' if cfg.get('method') else 'merge.method'}: {e}") from None
+        groups = getattr(getattr(pool, "arch", None), "groups", None)
+        if groups is not None:
+            absent = [f for f in cfg.get("filters") or [] if f != "other" and f not in groups]
+            if absent:
+                raise ValueError(f"space.filters: {absent} match no tensor of this architecture (arch map "
+                                 f"{pool.arch.name} defines groups {sorted(groups)}; 'other' is everything else)")
+        params = cfg.get("params")
+        if params is None:
+            params = {} if cfg.get("method") else dict(merge_cfg.get("params") or {})
+        return cls(
+            models=list(pool.names), base=pool.base_name, num_layers=pool.num_layers,
+            method=method if isinstance(method, str) else list(method),
+            layer_granularity=int(cfg.get("layer_granularity", 1)),
+            searched=bounds(cfg.get("searched", {"weight": [0.0, 1.0]}), "space.searched"),
+            searched_global=bounds(cfg.get("searched_global"), "space.searched_global"),
+            fixed_per_model=dict(cfg.get("fixed_per_model") or {}),
+            params=dict(params),
+            filters=list(cfg.get("filters") or []), normalize=cfg.get("normalize"),
+            allow_negative_weights=bool(cfg.get("allow_negative_weights", False)),
+            smooth=bool(cfg.get("smooth", False)), non_layer=str(cfg.get("non_layer", "first")), seed=seed,
+        )
+
     def __post_init__(self):
         self.methods = [self.method] if isinstance(self.method, str) else list(self.method)
         self._check()

@@ -6,29 +6,23 @@ import json
 import logging
 from pathlib import Path
 
+from evomerge.registry import ZOOS
+
 log = logging.getLogger(__name__)
 
-# name -> module with `build(root, seed=..., **options)`; each zoo lives in `<paths.zoo>/<name>`
-ZOOS = {"digits": "evomerge.zoo.digits", "jp_mini": "evomerge.zoo.jp_mini", "smollm2": "evomerge.zoo.smollm2",
-        "smol_jp": "evomerge.zoo.smol_jp"}
+HINT = " or null for your own models"
 
 
 def ensure(name: str, root: str | Path, seed: int = 0, **options) -> Path:
-    """`options` are the zoo's build settings (`models.zoo_options`); a different setting rebuilds the zoo."""
-    import importlib
-
-    if name not in ZOOS:
-        raise ValueError(f"models.zoo: unknown zoo {name!r}; expected one of {list(ZOOS)} or null for your own models")
-    return importlib.import_module(ZOOS[name]).build(Path(root).expanduser() / name, seed=seed, **options)
+    """Build the zoo registered as `name` (evomerge.registry.ZOOS: a module with `build(root, seed=..., **options)`)
+    in `<root>/<name>`, once. `options` are its build settings (`models.zoo_options`); a different setting rebuilds
+    the zoo."""
+    return ZOOS.get(name, "models.zoo", HINT).build(Path(root).expanduser() / name, seed=seed, **options)
 
 
 def planned_layers(name: str, **options) -> int | None:
-    """Depth of a zoo's models before it is built (for `dry_run`)."""
-    if name == "jp_mini":
-        from evomerge.zoo import jp_mini
-
-        return int((jp_mini.DEFAULTS | options)["layers"])
-    return {"digits": 4, "smollm2": 30, "smol_jp": 30}.get(name)
+    """Depth of a zoo's models before it is built (for `dry_run`): the zoo module's `planned_layers(**options)`."""
+    return ZOOS.get(name, "models.zoo", HINT).planned_layers(**options)
 
 
 def is_built(root: Path, name: str, spec: dict, version: int) -> bool:

@@ -115,6 +115,11 @@ def accuracy(model: nn.Module, task: str, split: str) -> float:
         return (model(x).argmax(-1) == y).float().mean().item()
 
 
+def planned_layers(**options) -> int:
+    """The depth of this zoo's models before it is built (dry runs): the DigitsCNN's four layers."""
+    return 4
+
+
 def build(root: str | Path, experts: tuple[str, ...] = DEFAULT_EXPERTS, seed: int = 0,
           base_steps: int = 300, expert_steps: int = 150) -> Path:
     """Build (once) base + experts under `root`; returns the zoo folder. Safe to call every run."""

@@ -307,6 +307,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def planned_layers(**options) -> int:
+    """The depth of this zoo's models before it is built (dry runs): `layers`, 4 by default."""
+    return int((DEFAULTS | options)["layers"])
+
+
 def build(root: str | Path, threads: int = 1, **overrides) -> Path:
     """Build (once) base + `ja` + `math` experts and the data files under `root`; returns `root`.
 

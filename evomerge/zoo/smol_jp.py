@@ -65,6 +65,11 @@ def fine_tune(base_dir: Path, out: Path, items: list[dict], spec: dict, seed: in
     return losses
 
 
+def planned_layers(**options) -> int:
+    """The depth of this zoo's models before it is built (dry runs): SmolLM2-135M's 30 decoder layers."""
+    return 30
+
+
 def build(root: str | Path, **overrides) -> Path:
     """Build (once) `base`, `ja` and `math` and the data files under `root`; returns `root`. A finished expert is
     kept when a later one fails, so an interrupted build resumes where it stopped."""

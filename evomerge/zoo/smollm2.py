@@ -139,6 +139,11 @@ def task_yaml(task: str, data_file: Path) -> str:
             "metric_list: [{metric: acc, aggregation: mean, higher_is_better: true}]\nmetadata: {version: 1.0}\n")
 
 
+def planned_layers(**options) -> int:
+    """The depth of this zoo's models before it is built (dry runs): SmolLM2-135M's 30 decoder layers."""
+    return 30
+
+
 def build(root: str | Path, seed: int = 0, **overrides) -> Path:
     """The smollm2 zoo under `root` (once): `model/`, `data/`, `tasks/`; `zoo.json` is written last."""
     from evomerge.store import atomic_write_text, write_jsonl
