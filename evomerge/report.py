@@ -194,7 +194,10 @@ def heldout_rows(run: Run) -> list[tuple[str, dict]]:
     """Held-out table rows as (reference name, metrics): 'base', 'source:<m>', 'average', 'evolved'."""
     out = []
     for row in run.final.get("final") or []:
-        label = row["model"]
+        if row.get("role"):  # written since the table names each row's role (evomerge/final.py)
+            out.append((row["role"], row["metrics"]))
+            continue
+        label = row["model"]  # older run directories: the role from the label
         if label.endswith("(base)"):
             name = "base"
         elif label == "plain average":
@@ -538,15 +541,10 @@ def summary_markdown(run: Run, files: dict[str, Path]) -> str:
 
 
 def _final_table(run: Run) -> str:
+    from evomerge.final import markdown_table, table_columns
+
     rows = run.final["final"]
-    keys = list(rows[0]["metrics"])
-    cols = [k for k in keys if k.startswith("acc/") and k != "acc/mean"]
-    cols += [o.metric for o in run.objectives if o.metric not in cols]
-    out = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for r in rows:
-        out.append(f"| {r['model']} | " + " | ".join(
-            f"{r['metrics'][c]:.4f}" if c in r["metrics"] else "" for c in cols) + " |")
-    return "\n".join(out)
+    return markdown_table(rows, table_columns(rows, [o.metric for o in run.objectives]))
 
 
 def _recipe_summary(record: dict) -> str:

@@ -52,9 +52,9 @@ def fixed_rows(cfg: dict) -> tuple[list[tuple[str, list[float], str]], dict]:
     from evomerge import models as models_pkg
     from evomerge.evaluator.vision import VisionEvaluator
     from evomerge.executor.worker import Worker
+    from evomerge.final import average_recipe
     from evomerge.merge.merger import Merger
     from evomerge.recipe import Recipe, Rule
-    from evomerge.run import average_recipe
 
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"])
     ev_cfg = {k: v for k, v in cfg["evaluator"]["digits"].items() if k != "kind"}

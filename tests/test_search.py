@@ -336,7 +336,7 @@ def test_fresh_run_refuses_a_used_directory_and_resume_checks_config(tmp_path):
     with pytest.raises(ValueError, match=r"resume: the config differs .* in \['seed'\]"):
         search(tmp_path, "cmaes", budget=16, seed=5, resume=True)
     # the same checks run in run.py before any model is loaded
-    from evomerge.search.loop import check_run_dir
+    from evomerge.search.checkpoint import check_run_dir
 
     with pytest.raises(RuntimeError, match="already holds a search"):
         check_run_dir(tmp_path, False, None)
@@ -416,7 +416,7 @@ def test_pareto_mask_matches_the_definition_with_ties_and_duplicates():
 
 def test_search_weights_reach_a_scalarising_optimiser():
     """search.weights is the one weighting: CMA-ES scalarises with it, and a conflicting optimizer.weights fails."""
-    from evomerge.run import optimizer_config
+    from evomerge.config import optimizer_config
 
     cfg = {"optimizer": {"kind": "cmaes"}, "search": {"weights": [1.0, 0.5, 0.5]}}
     assert optimizer_config(cfg)["weights"] == [1.0, 0.5, 0.5]
@@ -428,7 +428,7 @@ def test_search_weights_reach_a_scalarising_optimiser():
 
 def test_resume_may_change_budget_and_final_pareto_only(tmp_path):
     """Also against a checkpoint saved before final_pareto was exempt (its config still holds the old value)."""
-    from evomerge.search.loop import _check_config
+    from evomerge.search.checkpoint import check_config as _check_config
 
     saved = {"seed": 0, "search": {"objectives": [{"metric": "acc/a"}], "final_pareto": False}}
     _check_config(tmp_path / "c", saved, {"seed": 0, "search": {"objectives": [{"metric": "acc/a"}]}}, tmp_path)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evomerge.store import RunDirError, _json_default, atomic_write_text
+from evomerge.search.settings import RESUME_FREE
+from evomerge.store import RunDirError, _json_default, atomic_write_text, read_jsonl
 
 FORMAT = "evomerge-checkpoint"
 VERSION = 2  # 1 was a pickle (checkpoint.pkl), never read since it could run code
@@ -171,3 +172,35 @@ def restore_rng(data: dict, path: Path) -> None:
 def normalised(config: dict | None) -> dict | None:
     """A config as it reads back from JSON (tuples become lists), so saved and current compare equal."""
     return None if config is None else json.loads(json.dumps(config, default=_json_default))
+
+
+def check_run_dir(run_dir: Path, resume: bool, config: dict | None) -> None:
+    """Before any model is loaded: a fresh run refuses a used directory; a resume refuses a changed config."""
+    run_dir = Path(run_dir)
+    ckpt, log_path = run_dir / NAME, run_dir / "evaluations.jsonl"
+    old = run_dir / OLD_NAME
+    if not resume:
+        if ckpt.exists() or old.exists() or read_jsonl(log_path):
+            raise RunDirError(f"run directory {run_dir} already holds a search ({log_path.name}); continue it with "
+                              f"resume=true or choose a new directory")
+        return
+    if old.exists() and not ckpt.exists():  # never unpickled: a pickle can run any code
+        raise RunDirError(f"{old}: a checkpoint in the old pickle format, which evomerge no longer reads (unpickling "
+                          f"can run code). Start a new run directory, or delete {old.name} to redo this run's search "
+                          f"from the start (finished evaluations come back from cache.jsonl at no cost)")
+    if ckpt.exists() and config is not None:
+        check_config(ckpt, read(ckpt).get("config"), config, run_dir)
+    for name in (NAME, "archive.json", "evaluations.jsonl"):  # temporaries of a write cut by a kill
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def check_config(ckpt: Path, saved: dict | None, config: dict | None, run_dir: Path) -> None:
+    config = normalised(config)
+    if isinstance(saved, dict) and isinstance(saved.get("search"), dict):  # runs saved before these were exempt
+        saved = {**saved, "search": {k: v for k, v in saved["search"].items() if k not in RESUME_FREE}}
+    if config is None or saved is None or saved == config:
+        return
+    diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+    raise ValueError(f"resume: the config differs from the one {run_dir} was started with, in {diff}; resume "
+                     f"with the original settings (only search.budget may change) or start a new run directory")

@@ -37,9 +37,10 @@ import numpy as np
 
 from evomerge.search import checkpoint
 from evomerge.search.cache import EvalCache, metric_fingerprint, recipe_key, resolution_digits, selection_key
-from evomerge.search.fidelity import Fidelity, generation_samples, promotion_order, told_values
-from evomerge.search.objectives import WORST, Objective, to_min
+from evomerge.search.fidelity import generation_samples, promotion_order, told_values
+from evomerge.search.objectives import WORST, Objective, scalar, to_min
 from evomerge.search.pareto import default_reference, hypervolume, pareto_mask
+from evomerge.search.settings import SearchSettings
 from evomerge.store import (
     RunDirError,
     append_jsonl,
@@ -49,76 +50,6 @@ from evomerge.store import (
 )
 
 log = logging.getLogger(__name__)
-
-SEARCH_KEYS = {"budget", "objectives", "seed_population", "max_consecutive_failures", "minibatch", "resample",
-               "fidelity", "hv_ref", "cache", "cache_resolution", "weights", "final_pareto", "select_on", "select_top"}
-
-
-@dataclass
-class SearchSettings:
-    budget: int
-    max_consecutive_failures: int = 10
-    minibatch: int | None = None       # samples per generation from the fitness split (None: all of it)
-    resample: bool = False             # redraw the minibatch / rung subsets every generation
-    fidelity: Fidelity = field(default_factory=Fidelity)
-    hv_ref: list[float] | None = None  # hypervolume reference point in metric units (None: from generation 0)
-    cache: bool = True
-    cache_resolution: float | None = None  # None: the space's `resolution`, else 1e-6
-    weights: list[float] | None = None     # how 'best' is chosen among several objectives (None: equal weights)
-    select_on: str = "fitness"  # fitness | validation: re-score each generation's best there once, keep the best
-    select_top: int | None = None  # with select_on validation: only the select_top of those by fitness (None: all)
-
-    @classmethod
-    def parse(cls, search: dict, n_obj: int | None = None) -> SearchSettings:
-        """Validate the `search:` config block (no model needed), naming the field and what was expected."""
-        search = dict(search or {})
-        unknown = sorted(set(search) - SEARCH_KEYS)
-        if unknown:
-            raise ValueError(f"search: unknown key(s) {unknown}; expected some of {sorted(SEARCH_KEYS)}")
-        budget = search.get("budget")
-        if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
-            raise ValueError(f"search.budget: expected a positive integer number of evaluations, found {budget!r}")
-        mcf = search.get("max_consecutive_failures", 10)
-        if not isinstance(mcf, int) or isinstance(mcf, bool) or mcf <= 0:
-            raise ValueError(f"search.max_consecutive_failures: expected a positive integer, found {mcf!r}")
-        mb = search.get("minibatch")
-        if mb is not None and (not isinstance(mb, int) or isinstance(mb, bool) or mb <= 0):
-            raise ValueError(f"search.minibatch: expected null (whole fitness split) or a positive integer, found "
-                             f"{mb!r}")
-        ref = _per_objective(search, "hv_ref", n_obj, "in metric units")
-        weights = _per_objective(search, "weights", n_obj, "a scalarisation weight each")
-        res = search.get("cache_resolution")
-        if res is not None:
-            resolution_digits(float(res))
-        select_on = search.get("select_on") or "fitness"
-        if select_on not in ("fitness", "validation"):
-            raise ValueError(f"search.select_on: expected 'fitness' (the best fitness) or 'validation' (re-score each "
-                             f"generation's best on the validation split), found {select_on!r}")
-        top = search.get("select_top")
-        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top <= 0):
-            raise ValueError(f"search.select_top: expected a positive integer or null, found {top!r}")
-        return cls(budget=budget, max_consecutive_failures=mcf, minibatch=mb, resample=bool(search.get("resample")),
-                   fidelity=Fidelity.parse(search.get("fidelity")), hv_ref=ref, cache=bool(search.get("cache", True)),
-                   cache_resolution=None if res is None else float(res), weights=weights, select_on=select_on,
-                   select_top=top)
-
-
-def _per_objective(search: dict, key: str, n_obj: int | None, unit: str) -> list[float] | None:
-    """An optional list with one number per objective (`search.hv_ref`, `search.weights`)."""
-    values = search.get(key)
-    if values is None:
-        return None
-    if not isinstance(values, (list, tuple)):
-        raise ValueError(f"search.{key}: expected a list with one number per objective, {unit}; found {values!r}")
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"search.{key}[{i}]: expected a number ({unit}), found {v!r}")
-    values = [float(v) for v in values]
-    if n_obj is not None and len(values) != n_obj:
-        raise ValueError(f"search.{key}: {len(values)} values for {n_obj} objectives; expected one per objective, "
-                         f"{unit}")
-    return values
-
 
 @dataclass
 class SearchResult:
@@ -143,68 +74,6 @@ class _State:
     failures_in_row: int = 0
     hypervolume: list = field(default_factory=list)
     ref_point: list | None = None
-
-
-def scalar(F: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Scalarised minimisation value used to pick 'the best' candidate (weighted sum; mean by default)."""
-    F = np.asarray(F, float)
-    return float(F @ weights) if weights is not None else float(np.mean(F))
-
-
-def selection_candidates(records: list[dict], weights, top: int | None) -> list[dict]:
-    """Each generation's best top-fidelity success (what Sakana snapshots), the `top` best of them by fitness.
-
-    With a minibatch redrawn every generation, "the best fitness" compares scores on different samples and favours
-    lucky minibatches; re-scoring these candidates on one held-out split (`search.select_on: validation`) does not.
-    """
-    best: dict[int, dict] = {}
-    for r in records:
-        if r["metrics"] is None or not r.get("top_fidelity", True):
-            continue
-        g = r["generation"]
-        if g not in best or scalar(r["objectives"], weights) < scalar(best[g]["objectives"], weights):
-            best[g] = r
-    ranked = sorted(best.values(), key=lambda r: (scalar(r["objectives"], weights), r["id"]))
-    return ranked[:top] if top else ranked
-
-
-RESUME_FREE = ("budget", "final_pareto")  # search settings a resume may change (they decide nothing already run)
-
-
-def check_run_dir(run_dir: Path, resume: bool, config: dict | None) -> None:
-    """Before any model is loaded: a fresh run refuses a used directory; a resume refuses a changed config."""
-    run_dir = Path(run_dir)
-    ckpt, log_path = run_dir / checkpoint.NAME, run_dir / "evaluations.jsonl"
-    old = run_dir / checkpoint.OLD_NAME
-    if not resume:
-        if ckpt.exists() or old.exists() or read_jsonl(log_path):
-            raise RunDirError(f"run directory {run_dir} already holds a search ({log_path.name}); continue it with "
-                              f"resume=true or choose a new directory")
-        return
-    if old.exists() and not ckpt.exists():  # never unpickled: a pickle can run any code
-        raise RunDirError(f"{old}: a checkpoint in the old pickle format, which evomerge no longer reads (unpickling "
-                          f"can run code). Start a new run directory, or delete {old.name} to redo this run's search "
-                          f"from the start (finished evaluations come back from cache.jsonl at no cost)")
-    if ckpt.exists() and config is not None:
-        _check_config(ckpt, _read_checkpoint(ckpt).get("config"), config, run_dir)
-    for name in (checkpoint.NAME, "archive.json", "evaluations.jsonl"):  # temporaries of a write cut by a kill
-        for tmp in run_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-def _read_checkpoint(ckpt: Path) -> dict:
-    return checkpoint.read(ckpt)  # JSON only: reading a checkpoint runs no code
-
-
-def _check_config(ckpt: Path, saved: dict | None, config: dict | None, run_dir: Path) -> None:
-    config = checkpoint.normalised(config)
-    if isinstance(saved, dict) and isinstance(saved.get("search"), dict):  # runs saved before these were exempt
-        saved = {**saved, "search": {k: v for k, v in saved["search"].items() if k not in RESUME_FREE}}
-    if config is None or saved is None or saved == config:
-        return
-    diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-    raise ValueError(f"resume: the config differs from the one {run_dir} was started with, in {diff}; resume "
-                     f"with the original settings (only search.budget may change) or start a new run directory")
 
 
 def run_search(space, optimizer, executor, objectives: list[Objective], settings: SearchSettings | int,
@@ -268,8 +137,8 @@ class _Loop:
             log.info("resume: no checkpoint in %s yet; starting the search from the beginning", self.run_dir)
             self._io("the evaluation log", write_jsonl, self.paths["log"], [])
             return []
-        data = _read_checkpoint(ckpt)
-        _check_config(ckpt, data.get("config"), self.config, self.run_dir)
+        data = checkpoint.read(ckpt)  # JSON only: reading a checkpoint runs no code
+        checkpoint.check_config(ckpt, data.get("config"), self.config, self.run_dir)
         try:
             self.state = _State(**data["state"])
         except TypeError as e:
@@ -285,7 +154,7 @@ class _Loop:
     def run(self, resume: bool) -> SearchResult:
         self.resumed = resume
         self.optimizer = checkpoint.Replayable(self.optimizer)  # records its calls for the checkpoint
-        check_run_dir(self.run_dir, resume, None)
+        checkpoint.check_run_dir(self.run_dir, resume, None)
         records = self._restore() if resume else []
         res = self.result
         res.hypervolume, res.ref_point, res.n_samples = list(self.state.hypervolume), self.state.ref_point, \

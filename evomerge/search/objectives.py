@@ -59,3 +59,26 @@ def to_min(objectives: list[Objective], metrics: dict[str, float] | None) -> np.
     if metrics is None:
         return np.full(len(objectives), WORST)
     return np.clip(np.array([o.to_min(metrics[o.metric]) for o in objectives], float), -CAP, CAP)
+
+
+def scalar(F: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Scalarised minimisation value used to pick 'the best' candidate (weighted sum; mean by default)."""
+    F = np.asarray(F, float)
+    return float(F @ weights) if weights is not None else float(np.mean(F))
+
+
+def selection_candidates(records: list[dict], weights, top: int | None) -> list[dict]:
+    """Each generation's best top-fidelity success (what Sakana snapshots), the `top` best of them by fitness.
+
+    With a minibatch redrawn every generation, "the best fitness" compares scores on different samples and favours
+    lucky minibatches; re-scoring these candidates on one held-out split (`search.select_on: validation`) does not.
+    """
+    best: dict[int, dict] = {}
+    for r in records:
+        if r["metrics"] is None or not r.get("top_fidelity", True):
+            continue
+        g = r["generation"]
+        if g not in best or scalar(r["objectives"], weights) < scalar(best[g]["objectives"], weights):
+            best[g] = r
+    ranked = sorted(best.values(), key=lambda r: (scalar(r["objectives"], weights), r["id"]))
+    return ranked[:top] if top else ranked

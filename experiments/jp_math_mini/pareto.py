@@ -43,9 +43,10 @@ def main(argv=None) -> int:
     from evomerge import evaluator as evaluators_pkg
     from evomerge import models as models_pkg
     from evomerge.executor.worker import Worker
+    from evomerge.final import average_recipe
     from evomerge.recipe import Recipe
     from evomerge.results import mcnemar
-    from evomerge.run import average_recipe, run
+    from evomerge.run import run
 
     torch.set_num_threads(1)
     cfg = compose("jp_math_mini_pareto", args.overrides)

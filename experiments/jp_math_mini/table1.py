@@ -48,8 +48,8 @@ def item_scores(cfgs, runs, stages, seeds, sources, evolved, preconditions: list
     from evomerge import models as models_pkg
     from evomerge import space as space_pkg
     from evomerge.executor import make_worker
+    from evomerge.final import average_recipe
     from evomerge.recipe import Recipe
-    from evomerge.run import average_recipe
 
     def vec(out, expected, what):
         v = np.array([r["correct"] for r in out.records["jp_math"]], float)

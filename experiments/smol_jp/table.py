@@ -96,8 +96,9 @@ def main(argv=None) -> int:
     from evomerge import models as models_pkg
     from evomerge import preconditions as preconditions_pkg
     from evomerge.executor import make_worker
+    from evomerge.final import average_recipe
     from evomerge.recipe import Recipe, Rule
-    from evomerge.run import average_recipe, run
+    from evomerge.run import run
 
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
