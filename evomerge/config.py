@@ -6,6 +6,7 @@ from __future__ import annotations
 from evomerge import executor as executor_pkg
 from evomerge import models as models_pkg
 from evomerge import preconditions as preconditions_pkg
+from evomerge.search import settings as search_settings
 from evomerge.search.settings import RESUME_FREE, SearchSettings
 
 
@@ -63,10 +64,7 @@ def check_device(device) -> None:
 
 
 def check_minibatch(search: dict, evaluators: list) -> None:
-    n = min(ev.size("fitness") for ev in evaluators)
-    if search.get("minibatch") and search["minibatch"] > n:
-        raise ValueError(f"search.minibatch: {search['minibatch']} samples per generation, but the fitness split has "
-                         f"only {n}; expected at most {n} (or null for all of it)")
+    search_settings.check_minibatch(search.get("minibatch"), min(ev.size("fitness") for ev in evaluators))
 
 
 def resume_key(cfg: dict) -> dict:

@@ -18,3 +18,8 @@ def set_offline_env() -> None:
 
 
 WANDB_MODE_IS_DEFAULT = "EVOMERGE_DEFAULT_WANDB_MODE"  # the WANDB_MODE value set_offline_env set (not the user)
+
+
+def hub_offline() -> bool:
+    """True when hub lookups are switched off (HF_HUB_OFFLINE set, as evomerge's entry points do by default)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -14,12 +14,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from evomerge.models.pool import is_hub_id, read_config
+from evomerge.offline import hub_offline
 
 DATA_KEYS = ("fitness", "validation", "test")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def model_config(path: str) -> tuple[str, dict | None]:
@@ -35,7 +32,7 @@ def model_config(path: str) -> tuple[str, dict | None]:
     hit = try_to_load_from_cache(path, "config.json")
     if isinstance(hit, str):
         return "hub cache", read_config(Path(hit), path)
-    return ("missing (hub offline)" if _offline() else "hub"), None
+    return ("missing (hub offline)" if hub_offline() else "hub"), None
 
 
 def dataset_status(src: Any) -> str:
@@ -52,7 +49,7 @@ def dataset_status(src: Any) -> str:
     processed = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets")) / f"{owner}___{name}"
     if hub.exists() or processed.exists():
         return "hub cache"
-    return "missing (hub offline)" if _offline() else "hub"
+    return "missing (hub offline)" if hub_offline() else "hub"
 
 
 def _specs(models_cfg: dict) -> list[tuple[str, str, str]]:
@@ -112,15 +109,17 @@ def _genome(cfg: dict, names: list[str], base: str | None, num_layers: int) -> i
     return space_pkg.build(cfg["space"], cfg["merge"], pool, seed=int(cfg.get("seed", 0))).dim
 
 
-def planned_depth(cfg: dict) -> int | None:
-    """The models' layer count from config.json files (or the zoo's plan), None when unknown without loading."""
+def _layers(mcfg: dict | None) -> int | None:
+    n = (mcfg or {}).get("num_hidden_layers") or (mcfg or {}).get("n_layer")
+    return int(n) if n else None
+
+
+def planned_depth(cfg: dict, layers: set[int] | None = None) -> int | None:
+    """The models' layer count from config.json files (`layers`, when the caller has read them) or the zoo's plan,
+    None when unknown without loading."""
     models_cfg = cfg["models"]
-    layers = set()
-    for _, _, path in _specs(models_cfg):
-        mcfg = model_config(path)[1] or {}
-        n = mcfg.get("num_hidden_layers") or mcfg.get("n_layer")
-        if n:
-            layers.add(int(n))
+    if layers is None:
+        layers = {n for _, _, path in _specs(models_cfg) if (n := _layers(model_config(path)[1]))}
     num_layers = next(iter(layers)) if len(layers) == 1 else models_cfg.get("num_layers")
     if num_layers is None and models_cfg.get("zoo"):
         from evomerge.zoo import planned_layers
@@ -146,19 +145,15 @@ def describe(cfg: dict) -> str:
     layers = set()
     for where, name, path in _specs(models_cfg):
         status, mcfg = model_config(path)
-        n = (mcfg or {}).get("num_hidden_layers") or (mcfg or {}).get("n_layer")
+        n = _layers(mcfg)
         if n:
-            layers.add(int(n))
+            layers.add(n)
         lines.append(f"  {where:<16} {name:<12} {path}  [{status}{f', {n} layers' if n else ''}]")
     if models_cfg.get("zoo"):
         lines.append(f"  (zoo '{models_cfg['zoo']}' is built under {cfg['paths']['zoo']} on first use)")
     names = [s["name"] for s in models_cfg["sources"]]
     base = models_cfg["base"]["name"] if models_cfg.get("base") else None
-    num_layers = next(iter(layers)) if len(layers) == 1 else models_cfg.get("num_layers")
-    if num_layers is None and models_cfg.get("zoo"):
-        from evomerge.zoo import planned_layers
-
-        num_layers = planned_layers(models_cfg["zoo"], **dict(models_cfg.get("zoo_options") or {}))
+    num_layers = planned_depth(cfg, layers)
     space = cfg["space"]
     if num_layers is not None:
         dim, depth = _genome(cfg, names, base, int(num_layers)), f"{num_layers} layers"

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from evomerge.search.objectives import Objective
-from evomerge.search.pareto import default_reference, hypervolume, pareto_mask
+from evomerge.search.pareto import hypervolume, pareto_mask, reference_point
 from evomerge.store import read_jsonl
 
 
@@ -121,20 +121,15 @@ def hv_reference(records: list[dict], config: dict | None = None, archive: dict 
     """The hypervolume reference point in minimisation units, fixed for the whole run.
 
     The one the search loop used (archive.json's `reference_point`, metric units) when known; else the config's
-    `search.hv_ref` (metric units); else the loop's default rule (evomerge.search.pareto.default_reference) on the
+    `search.hv_ref` (metric units); else the loop's rule (evomerge.search.pareto.reference_point) on the
     first generation with a successful top-fidelity evaluation, all its rungs included.
     """
     objectives = objectives or objectives_of(records, config)
     given = (archive or {}).get("reference_point")
     if given is None:
         given = ((config or {}).get("search") or {}).get("hv_ref")
-    if given is not None and len(given) == len(objectives):
-        return np.array([o.to_min(float(v)) for o, v in zip(objectives, given, strict=True)])
-    ok = scored(records)
-    if not ok:
-        return None
-    first = min(r.get("generation", 0) for r in ok)
-    return default_reference(min_matrix([r for r in records if is_ok(r) and r.get("generation", 0) == first]))
+    return reference_point(scored(records), [r for r in records if is_ok(r)], objectives,
+                           given if given is not None and len(given) == len(objectives) else None)
 
 
 def hv(records: list[dict], ref: np.ndarray | None) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from evomerge.dtypes import DTYPES
 from evomerge.merge import kernels
 from evomerge.merge.dataflow import fold_factors, head_tensors, is_mlp_out
 from evomerge.merge.kernels import all_finite
@@ -38,7 +39,6 @@ from evomerge.store import RunDirError, check_creatable
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja")
 

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from evomerge.dtypes import DTYPES
 from evomerge.merge.registry import get_method
 from evomerge.models.arch import ArchMap
 from evomerge.recipe import FILTER, GROUPS, Hop, Recipe, Rule
@@ -27,7 +28,6 @@ TOP_KEYS = {"merge_method", "models", "slices", "base_model", "parameters", "dty
 KNOWN_UNSUPPORTED = {
 }
 IGNORED_PARAMS = {"int8_mask"}  # changes only how mergekit stores masks, never the merged values
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 class MergekitConfigError(ValueError):
@@ -137,7 +137,7 @@ def _check_top(cfg: dict, where: str) -> None:
         raise MergekitConfigError(f"{where}: give exactly one of 'models' or 'slices'")
     for k in ("dtype", "out_dtype"):
         if cfg.get(k) is not None and cfg[k] not in DTYPES:
-            raise MergekitConfigError(f"{where}.{k}: expected one of {DTYPES}, found {cfg[k]!r}")
+            raise MergekitConfigError(f"{where}.{k}: expected one of {tuple(DTYPES)}, found {cfg[k]!r}")
 
 
 def from_mergekit(cfg: dict, arch: ArchMap, num_layers: int, layer_suffixes: list[str], non_layer: list[str],

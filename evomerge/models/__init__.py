@@ -6,8 +6,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-import torch
-
+from evomerge.dtypes import DTYPES
 from evomerge.models.pool import (
     ModelPool,
     ModelSpec,
@@ -16,8 +15,6 @@ from evomerge.models.pool import (
     resolve_path,
 )
 from evomerge.registry import ARCHITECTURES
-
-DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def specs(cfg: Any) -> tuple[list[ModelSpec], ModelSpec | None]:
@@ -77,10 +74,10 @@ def build(cfg: Any, zoo_root: str, device: str = "cpu", seed: int = 0, progress=
     _ensure_zoo(cfg, zoo_root)
     sources, base = specs(cfg)
     dtype = cfg.get("dtype")
-    if dtype not in DTYPES:
-        raise ValueError(f"models.dtype: expected one of {list(DTYPES)}, found {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"models.dtype: expected null (as saved) or one of {list(DTYPES)}, found {dtype!r}")
     sources = [_folded(s, f"models.sources[{i}]") for i, s in enumerate(sources)]
-    return load_pool(sources, base, dtype=DTYPES[dtype], device=device,
+    return load_pool(sources, base, dtype=DTYPES.get(dtype), device=device,
                      tokenizer_source=cfg.get("tokenizer_source"),
                      trust_remote_code=bool(cfg.get("trust_remote_code", False)), progress=progress,
                      truncate_vocab=bool(cfg.get("truncate_vocab", False)))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from evomerge.models.arch import ArchMap, arch_for
+from evomerge.offline import hub_offline
 from evomerge.registry import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,9 @@ def check_exists(spec: ModelSpec, where: str) -> None:
     if is_hub_id(spec.path):
         from huggingface_hub import try_to_load_from_cache
 
-        if try_to_load_from_cache(spec.path, "config.json") not in (None,) and _offline():
+        if try_to_load_from_cache(spec.path, "config.json") not in (None,) and hub_offline():
             return  # in the local HF cache
-        if _offline():
+        if hub_offline():
             raise FileNotFoundError(
                 f"{where}: model '{spec.name}' is the hub id {spec.path!r}, which is not in the local Hugging Face "
                 f"cache and the hub is offline (HF_HUB_OFFLINE=1). Download it where you have network access, or "
@@ -144,12 +145,6 @@ def check_exists(spec: ModelSpec, where: str) -> None:
             )
         return
     raise FileNotFoundError(f"{where}: model '{spec.name}' path {p} does not exist")
-
-
-def _offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def load_model(path: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> nn.Module:

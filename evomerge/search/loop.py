@@ -39,8 +39,8 @@ from evomerge.search import checkpoint
 from evomerge.search.cache import EvalCache, metric_fingerprint, recipe_key, resolution_digits, selection_key
 from evomerge.search.fidelity import generation_samples, promotion_order, told_values
 from evomerge.search.objectives import WORST, Objective, scalar, to_min
-from evomerge.search.pareto import default_reference, hypervolume, pareto_mask
-from evomerge.search.settings import SearchSettings
+from evomerge.search.pareto import hypervolume, pareto_mask, reference_point
+from evomerge.search.settings import SearchSettings, check_minibatch
 from evomerge.store import (
     RunDirError,
     append_jsonl,
@@ -96,9 +96,8 @@ class _Loop:
         self.fid = settings.fidelity
         if (self.fid.multi or settings.minibatch) and n_fitness is None:
             raise ValueError("search.fidelity / search.minibatch need the size of the fitness split (n_fitness)")
-        if settings.minibatch is not None and settings.minibatch > n_fitness:
-            raise ValueError(f"search.minibatch: {settings.minibatch} samples per generation, but the fitness split "
-                             f"has {n_fitness}; expected 1..{n_fitness}")
+        if settings.minibatch is not None:
+            check_minibatch(settings.minibatch, n_fitness)
         self.n_fitness = n_fitness
         w = settings.weights or getattr(optimizer, "weights", None)
         self.weights = np.asarray(w, float) if w is not None else np.full(self.n_obj, 1.0 / self.n_obj)
@@ -323,13 +322,9 @@ class _Loop:
         Fa = np.array([r["objectives"] for r in full], float)
         mask = pareto_mask(Fa)
         res.front = [r for r, m in zip(full, mask, strict=True) if m]
-        if st.ref_point is None:
-            if self.s.hv_ref is not None:
-                st.ref_point = [o.to_min(v) for o, v in zip(self.objectives, self.s.hv_ref, strict=True)]
-            else:  # fixed once, from the first evaluated generation (all rungs)
-                first = min(r["generation"] for r in full)
-                F0 = [r["objectives"] for r in res.records if r["metrics"] is not None and r["generation"] == first]
-                st.ref_point = default_reference(np.array(F0, float)).tolist()
+        if st.ref_point is None:  # fixed once
+            st.ref_point = reference_point(full, [r for r in res.records if r["metrics"] is not None],
+                                           self.objectives, self.s.hv_ref).tolist()
         res.ref_point = st.ref_point
         hv = hypervolume(Fa[mask], np.asarray(st.ref_point))
         entry = {"generation": int(gen), "hypervolume": hv, "evaluations": st.evals, "n_samples": st.n_samples,

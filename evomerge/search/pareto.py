@@ -37,3 +37,16 @@ def default_reference(F: np.ndarray) -> np.ndarray:
     F = np.atleast_2d(np.asarray(F, float))
     worst, span = F.max(axis=0), F.max(axis=0) - F.min(axis=0)
     return worst + 0.1 * np.maximum(span, 1e-3)
+
+
+def reference_point(scored: list[dict], successes: list[dict], objectives, hv_ref=None) -> np.ndarray | None:
+    """The hypervolume reference point in minimisation units, fixed for the whole run: `hv_ref` (metric units)
+    when given, else `default_reference` over every successful evaluation (`successes`, all rungs) of the first
+    generation with a top-fidelity success (`scored`). One rule for the search loop and for reports."""
+    if hv_ref is not None:
+        return np.array([o.to_min(float(v)) for o, v in zip(objectives, hv_ref, strict=True)], float)
+    if not scored:
+        return None
+    first = min(r.get("generation", 0) for r in scored)
+    return default_reference(np.array([r["objectives"] for r in successes if r.get("generation", 0) == first], float))
+

@@ -77,3 +77,10 @@ def _per_objective(search: dict, key: str, n_obj: int | None, unit: str) -> list
         raise ValueError(f"search.{key}: {len(values)} values for {n_obj} objectives; expected one per objective, "
                          f"{unit}")
     return values
+
+
+def check_minibatch(minibatch: int | None, n_fitness: int) -> None:
+    """A minibatch cannot be larger than the fitness split it is drawn from."""
+    if minibatch is not None and minibatch > n_fitness:
+        raise ValueError(f"search.minibatch: {minibatch} samples per generation, but the fitness split has "
+                         f"{n_fitness}; expected 1..{n_fitness} (or null for all of it)")

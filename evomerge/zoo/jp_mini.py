@@ -16,7 +16,6 @@ nothing. Everything is deterministic from the seed, cached, and built once; `zoo
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -301,10 +300,6 @@ def _sft(tok, items: list[dict]) -> tuple[list[list[int]], list[int]]:
     p = tok([prompt(it["question"]) for it in items])["input_ids"]
     full = _encode(tok, [f"{prompt(it['question'])} {it['answer']}" for it in items])
     return full, [len(x) for x in p]
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def planned_layers(**options) -> int:

@@ -85,10 +85,10 @@ def main(argv=None) -> int:
 
     tok = AutoTokenizer.from_pretrained(root / "base")  # the zoo's own tokenizer
     models = {n: LlamaForCausalLM.from_pretrained(root / n).eval() for n in ("base", "ja", "math")}
-    from evomerge.zoo.jp_mini import read_jsonl
+    from evomerge.evaluator.data import load_rows
 
     evs = evaluators(root, tok)
-    ops = [r["op"] for r in read_jsonl(root / "data" / "ja_math" / f"{args.split}.jsonl")]
+    ops = [r["op"] for r in load_rows(str(root / "data" / "ja_math" / f"{args.split}.jsonl"), "study")]
     rows = [(n, score_model(m, evs, args.split, ops)) for n, m in models.items()]
     grid = [float(v) for v in args.grid.split(",")]
     merged = LlamaForCausalLM.from_pretrained(root / "base").eval()
