@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from evomerge.logger import build, progress
+from evomerge.logger import build
 from evomerge.logger.local import LocalLogger
 from evomerge.logger.wandb import WandbLogger, resolve_mode
+from evomerge.report import analysis
 from evomerge.store import read_jsonl
 
 
@@ -39,7 +40,7 @@ CONFIG = {"search": {"budget": 10, "objectives": [{"metric": "acc/a", "direction
 
 
 def test_objectives_recovered_from_records_alone():
-    objs = progress.objectives_of(fake_records())
+    objs = analysis.objectives_of(fake_records())
     assert [(o.metric, o.direction) for o in objs] == [("acc/a", "max"), ("loss/b", "min")]
 
 
@@ -57,7 +58,7 @@ def test_progress_line_has_budget_bests_hypervolume_and_eta(tmp_path, caplog):
     assert f"evals {len(recs)}/10" in line
     assert f"acc/a={best_a:.4f} (max)" in line and f"loss/b={best_b:.4f} (min)" in line
     assert "HV " in line and "s/eval" in line and "ETA" in line and "1 failed" in line
-    ref = progress.hv_reference(recs, CONFIG)
+    ref = analysis.hv_reference(recs, CONFIG)
     from evomerge.search.pareto import hypervolume
 
     F = np.array([r["objectives"] for r in ok])
@@ -202,7 +203,7 @@ def test_offline_wandb_run_has_candidate_table_pareto_scatter_and_report(tmp_pat
     assert len(scatter) == n_gen  # the front, re-logged after every generation
     last = json.loads(scatter[-1].read_text())
     assert last["columns"][:2] == ["acc/rot90", "acc/mirror"]
-    front_ids = {r["id"] for r in progress.front(progress.scored(records))}
+    front_ids = {r["id"] for r in analysis.front(analysis.scored(records))}
     assert {row[2] for row in last["data"]} == front_ids
     run_file = next(wb.glob("run-*.wandb")).read_bytes()
     assert b"wandb/scatter/v0" in run_file  # logged as a W&B scatter plot, not only as a table

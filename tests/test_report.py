@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from evomerge import report
-from evomerge.logger import progress
+from evomerge.report import analysis
 from evomerge.search.pareto import hypervolume, pareto_mask
 from evomerge.store import append_jsonl, atomic_write_json
 
@@ -55,7 +55,7 @@ def make_run(path, n_gen: int = 4, pop: int = 6, objectives=("acc/rot90", "acc/m
         for _ in range(low_fidelity):
             add(g, np.tile([1.2, 1.2, 1.2], (N_LAYERS, 1)), top=False)  # a perfect score seen on 1/3 of the data
     add(n_gen - 1, rng.uniform(0, 1, (N_LAYERS, len(MODELS))), error="decode: boom")
-    ok = progress.scored(records)
+    ok = analysis.scored(records)
     best = min(ok, key=lambda r: float(np.mean(r["objectives"])))
     rows = [{"model": "base (base)", "metrics": {f"acc/{m}": 0.1 for m in MODELS}}]
     rows += [{"model": m, "metrics": {f"acc/{n}": 0.9 if n == m else 0.1 for n in MODELS}} for m in MODELS]
@@ -88,7 +88,7 @@ def test_report_files_from_a_run_directory(tmp_path):
         assert files[name] == tmp_path / "report" / f"{name}.png" and is_png(files[name]), name
     assert "dfs_path" not in files  # no layer path in these recipes
     md = files["summary"].read_text()
-    front = progress.front(progress.scored(records))
+    front = analysis.front(analysis.scored(records))
     assert f"({len(front)} members)" in md
     for row in ("| base (base) |", "| plain average |", "| evolved (best) |", "| invert |"):
         assert row in md
@@ -103,16 +103,16 @@ def test_front_references_and_hypervolume_match_the_records(tmp_path):
     assert [r["id"] for r in run.scored] == [r["id"] for r in scored]  # low fidelity and failures left out
     F = np.array([r["objectives"] for r in scored])
     assert {r["id"] for r in run.front} == {r["id"] for r, m in zip(scored, pareto_mask(F), strict=True) if m}
-    refs = progress.references(records)
+    refs = analysis.references(records)
     assert set(refs) == {"source:rot90", "source:mirror", "source:invert", "average"}
     assert refs["source:mirror"]["id"] == 1 and refs["average"]["id"] == 3
     low = {**records[0], "id": -1, "top_fidelity": False, "metrics": {**records[0]["metrics"], "acc/rot90": 0.99}}
-    assert progress.references([low, *records])["source:rot90"]["id"] == 0  # not the low-fidelity score
-    x, hv = progress.hv_curve(records, run.ref)
+    assert analysis.references([low, *records])["source:rot90"]["id"] == 0  # not the low-fidelity score
+    x, hv = analysis.hv_curve(records, run.ref)
     assert np.all(np.diff(hv) >= -1e-12) and x[-1] == len(records)
     assert hv[-1] == pytest.approx(hypervolume(F, run.ref))
     # the best-so-far curve never takes the (inflated) low-fidelity score
-    _, best = progress.best_curve(records, 0, run.objectives[0])
+    _, best = analysis.best_curve(records, 0, run.objectives[0])
     assert np.nanmax(best) == pytest.approx(max(r["metrics"]["acc/rot90"] for r in scored))
 
 
@@ -141,7 +141,7 @@ def test_ps_heatmap_table_is_the_recipe(tmp_path):
     assert mats["weight"][rows.index("mlp · rot90"), 3] == 1.0
     mixed = ps_recipe(W)
     mixed["layers"][1]["*"]["method"] = "dare_ties"
-    assert report._methods_per_column(mixed, ["other", "0", "1", "2", "3"]) == ["ties", "ties", "dare_ties", "ties",
+    assert report.plots._methods_per_column(mixed, ["other", "0", "1", "2", "3"]) == ["ties", "ties", "dare_ties", "ties",
                                                                                 "ties"]
 
 
@@ -154,10 +154,10 @@ def test_dfs_path_diagram(tmp_path):
     files = report.write(tmp_path, config())
     assert is_png(files["dfs_path"])
     assert "ps_heatmap" not in files  # a pure path recipe has no per-layer genes
-    assert progress.describe_recipe(recipe).endswith("path of 5 hops (rot90: 3, mirror: 2)")
-    assert progress.reference_name({"recipe": recipe}) is None  # its one-hot anchor rule is not a source
+    assert analysis.describe_recipe(recipe).endswith("path of 5 hops (rot90: 3, mirror: 2)")
+    assert analysis.reference_name({"recipe": recipe}) is None  # its one-hot anchor rule is not a source
     own = {**recipe, "path": [["mirror", i, 1.0] for i in range(N_LAYERS)]}
-    assert progress.reference_name({"recipe": own}) == "source:mirror"  # a DFS seed: one source's own layers
+    assert analysis.reference_name({"recipe": own}) == "source:mirror"  # a DFS seed: one source's own layers
 
 
 def test_single_objective_run(tmp_path):

@@ -130,7 +130,7 @@ def test_multi_objective_archive_and_hypervolume(tmp_path):
 
 def test_hypervolume_with_successive_halving_is_measured(tmp_path):
     """Generation 0's top rung holds one point (8 -> 3 -> 1): the reference point comes from all its rungs."""
-    from evomerge.logger.progress import hv_reference
+    from evomerge.report.analysis import hv_reference
 
     res = search(tmp_path, "nsga2", objectives=OBJ2, budget=48, fidelity={"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3})
     gen0 = np.array([r["objectives"] for r in res.records if r["generation"] == 0 and r["metrics"]])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evomerge.logger import progress
+from evomerge.report import analysis
 
 log = logging.getLogger("evomerge")
 
@@ -48,12 +48,12 @@ class LocalLogger:
         records = list(getattr(result, "records", None) or self.records)  # on resume: the restored ones too
         self.all_records = records
         if self.objectives is None or len(self.objectives) == 0:
-            self.objectives = progress.objectives_of(records, self.run_config)
+            self.objectives = analysis.objectives_of(records, self.run_config)
         if getattr(result, "ref_point", None) is not None:  # the loop's own reference point wins
             self.ref = np.asarray(result.ref_point, float)
         elif self.ref is None and len(self.objectives) > 1:
-            self.ref = progress.hv_reference(records, self.run_config, objectives=self.objectives)
-        stats = progress.generation_stats(records, gen, self.objectives, self.ref)
+            self.ref = analysis.hv_reference(records, self.run_config, objectives=self.objectives)
+        stats = analysis.generation_stats(records, gen, self.objectives, self.ref)
         hv_hist = getattr(result, "hypervolume", None)
         if len(self.objectives) > 1 and hv_hist:  # ... and so does its hypervolume history
             stats["hypervolume"] = float(hv_hist[-1]["hypervolume"])

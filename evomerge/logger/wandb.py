@@ -18,8 +18,8 @@ import os
 from itertools import combinations
 from pathlib import Path
 
-from evomerge.logger import progress
 from evomerge.logger.local import LocalLogger
+from evomerge.report import analysis
 from evomerge.store import read_jsonl
 
 log = logging.getLogger("evomerge")
@@ -128,11 +128,11 @@ class WandbLogger(LocalLogger):
     def _log_generation(self, gen: int, stats: dict) -> None:
         wandb = self.wandb
         row = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
-        pts = progress.scored(self.all_records)
-        front = progress.front(pts)
+        pts = analysis.scored(self.all_records)
+        front = analysis.front(pts)
         for (i, a), (j, b) in combinations(enumerate(self.objectives), 2):
             cols = [a.metric, b.metric, "id", "generation"]
-            data = [[progress.value(r, i, a), progress.value(r, j, b), r["id"], r.get("generation")] for r in front]
+            data = [[analysis.value(r, i, a), analysis.value(r, j, b), r["id"], r.get("generation")] for r in front]
             table = wandb.Table(columns=cols, data=data)
             key = f"pareto/{_key(a.metric)}_vs_{_key(b.metric)}"
             row[key] = wandb.plot.scatter(table, a.metric, b.metric,
@@ -207,9 +207,9 @@ def candidate_rows(records: list[dict], objectives) -> tuple[list[str], list[lis
     rows = []
     for r in records:
         rows.append([
-            r.get("id"), r.get("generation"), r.get("split"), progress.fidelity(r), r.get("n_samples"),
-            r.get("wall_time"), r.get("error"), progress.reference_name(r), genome_summary(r.get("genome")),
-            progress.describe_recipe(r.get("recipe")), json.dumps(_strip_meta(r.get("recipe")), separators=(",", ":")),
+            r.get("id"), r.get("generation"), r.get("split"), analysis.fidelity(r), r.get("n_samples"),
+            r.get("wall_time"), r.get("error"), analysis.reference_name(r), genome_summary(r.get("genome")),
+            analysis.describe_recipe(r.get("recipe")), json.dumps(_strip_meta(r.get("recipe")), separators=(",", ":")),
             *[(r.get("metrics") or {}).get(m) for m in metrics],
         ])
     return cols, rows

@@ -1,139 +1,19 @@
-"""The local report of a run: plots and a Markdown summary written into RUN_DIR/report/.
+"""The report's figures: each plot draws on axes it is given (the notebook reuses them); `write_*` make the files."""
 
-`python -m evomerge.report RUN_DIR [RUN_DIR ...]` (also run at the end of every search) writes
-  pareto.png       fitness-split Pareto front per pair of objectives: every candidate (faded, by generation), the
-                   front highlighted, the seeded source models and plain average marked as reference points
-  heldout.png      the held-out table as points: base, sources, plain average, evolved
-  convergence.png  best score so far per objective and hypervolume over evaluations
-  ps_heatmap.png   per-layer merge parameters of the best recipe (weight, density, ... per model per layer)
-  dfs_path.png     the best recipe's layer path (which model's layer at each hop, and the scales)
-  summary.md       the run in one page: objectives, held-out table, Pareto members, best recipe, the plots
-Plot functions take matplotlib axes so the notebook (notebooks/analyze_run.ipynb) reuses them.
-"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
-from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from evomerge.environment import describe
-from evomerge.logger import progress
-from evomerge.search.objectives import Objective
-from evomerge.store import atomic_write_text
+from evomerge.report import analysis
+from evomerge.report.runs import FRONT_COLOR, MODEL_COLORS, Run, heldout_rows
 
 log = logging.getLogger("evomerge")
-
-MODEL_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-FRONT_COLOR = "#d62728"
-
-
-# ---- a run, as read from its directory ------------------------------------------------------------------------
-@dataclass
-class Run:
-    dir: Path
-    config: dict
-    records: list[dict]
-    objectives: list[Objective]
-    final: dict = field(default_factory=dict)  # final.json: best record, held-out rows, split
-    best_recipe: dict | None = None
-    name: str = ""
-    archive: dict = field(default_factory=dict)  # archive.json from the search loop (may be absent)
-
-    @property
-    def ref(self) -> np.ndarray | None:
-        return progress.hv_reference(self.records, self.config, self.archive, self.objectives)
-
-    @property
-    def scored(self) -> list[dict]:
-        return progress.scored(self.records)
-
-    @property
-    def front(self) -> list[dict]:
-        return progress.front(self.scored)
-
-    @property
-    def models(self) -> list[str]:
-        for r in self.records:
-            if (r.get("recipe") or {}).get("models"):
-                return list(r["recipe"]["models"])
-        return list((self.best_recipe or {}).get("models") or [])
-
-    @property
-    def optimizer(self) -> str:
-        return str((self.config.get("optimizer") or {}).get("kind", "optimiser unknown"))
-
-    def color(self, model: str) -> str:
-        names = self.models
-        i = names.index(model) if model in names else len(names)
-        return MODEL_COLORS[i % len(MODEL_COLORS)]
-
-
-def load_run(run_dir: str | Path, config: dict | None = None, name: str | None = None) -> Run:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a directory; expected an evomerge run directory")
-    records = progress.load_records(run_dir)
-    if not records:
-        raise ValueError(f"{run_dir / 'evaluations.jsonl'}: no evaluations recorded yet; nothing to report")
-    config = config if config is not None else progress.load_config(run_dir)
-    final = {}
-    if (run_dir / "final.json").exists():
-        final = json.loads((run_dir / "final.json").read_text())
-    best = None
-    if (run_dir / "best_recipe.yaml").exists():
-        best = yaml.safe_load((run_dir / "best_recipe.yaml").read_text())
-    elif (final.get("best") or {}).get("recipe"):
-        best = final["best"]["recipe"]
-    archive = progress.load_archive(run_dir)
-    spec = {"search": {"objectives": archive["objectives"]}} if archive.get("objectives") else config
-    return Run(run_dir, config, records, progress.objectives_of(records, spec), final, best, name or run_dir.name,
-               archive)
-
-
-def common_reference(runs: list[Run]) -> np.ndarray | None:
-    """One hypervolume reference point for several runs (the worst of their own), so curves are comparable;
-    None when the runs optimised different objectives."""
-    if len({tuple((o.metric, o.direction) for o in r.objectives) for r in runs}) != 1:
-        return None  # different objectives: hypervolumes cannot be compared
-    refs = [r.ref for r in runs]
-    refs = [r for r in refs if r is not None]
-    return np.max(refs, axis=0) if refs else None
-
-
-def compare(runs: list[Run]) -> list[dict]:
-    """One row per run for side-by-side comparison: budget used, hypervolume against a common reference point,
-    best fitness per objective, and the evolved model's held-out scores."""
-    ref = common_reference(runs) if all(len(r.objectives) > 1 for r in runs) else None  # same objectives only
-    rows = []
-    for run in runs:
-        row = {"run": run.name, "optimizer": run.optimizer, "evaluations": len(run.records),
-               "failed": sum(not progress.is_ok(r) for r in run.records), "front size": len(run.front)}
-        if ref is not None and len(ref) == len(run.objectives):
-            row["hypervolume (common ref)"] = progress.hv(run.records, ref)
-        pts = run.scored
-        for k, o in enumerate(run.objectives):
-            vals = [progress.value(r, k, o) for r in pts]
-            if vals:
-                row[f"best fitness {o.metric}"] = max(vals) if o.direction == "max" else min(vals)
-        split = run.final.get("final_split", "test")
-        for name, metrics in heldout_rows(run):
-            if name == "evolved":
-                for o in run.objectives:
-                    if o.metric in metrics:
-                        row[f"evolved {split} {o.metric}"] = metrics[o.metric]
-        if run.final.get("wall_time"):
-            row["wall time (s)"] = round(float(run.final["wall_time"]), 1)
-        rows.append(row)
-    return rows
-
 
 # ---- plots (each draws on axes it is given) ---------------------------------------------------------------------
 def plot_pareto(ax, run: Run, i: int = 0, j: int = 1, show_references: bool = True):
@@ -145,7 +25,7 @@ def plot_pareto(ax, run: Run, i: int = 0, j: int = 1, show_references: bool = Tr
     a, b = run.objectives[i], run.objectives[j]
     pts = run.scored
     on_front = {r["id"] for r in run.front}
-    V = progress.values(pts, run.objectives) if pts else np.zeros((0, len(run.objectives)))
+    V = analysis.values(pts, run.objectives) if pts else np.zeros((0, len(run.objectives)))
     gens = np.array([r.get("generation", 0) for r in pts])
     mask = np.array([r["id"] in on_front for r in pts], bool)
     sc = ax.scatter(V[~mask, i], V[~mask, j], c=gens[~mask], cmap="viridis", s=18, alpha=0.35, linewidths=0,
@@ -161,13 +41,13 @@ def plot_pareto(ax, run: Run, i: int = 0, j: int = 1, show_references: bool = Tr
     best_id = (run.final.get("best") or {}).get("id")
     best = next((r for r in pts if r["id"] == best_id), None)
     if best is not None:
-        ax.scatter([progress.value(best, i, a)], [progress.value(best, j, b)], marker="o", s=190, facecolors="none",
+        ax.scatter([analysis.value(best, i, a)], [analysis.value(best, j, b)], marker="o", s=190, facecolors="none",
                    edgecolors="black", linewidths=1.4, zorder=4, label="selected best")
     if show_references:
-        for name, rec in progress.references(run.records).items():
-            _reference_marker(ax, run, name, progress.value(rec, i, a), progress.value(rec, j, b))
-    ax.set_xlabel(progress.label(a))
-    ax.set_ylabel(progress.label(b))
+        for name, rec in analysis.references(run.records).items():
+            _reference_marker(ax, run, name, analysis.value(rec, i, a), analysis.value(rec, j, b))
+    ax.set_xlabel(analysis.label(a))
+    ax.set_ylabel(analysis.label(b))
     ax.grid(alpha=0.25)
     return sc
 
@@ -190,26 +70,6 @@ def _reference_marker(ax, run: Run, name: str, x: float, y: float, suffix: str =
         ax.scatter([x], [y], marker="P", s=80, color="0.2", zorder=5, label=f"{name}{suffix}")
 
 
-def heldout_rows(run: Run) -> list[tuple[str, dict]]:
-    """Held-out table rows as (reference name, metrics): 'base', 'source:<m>', 'average', 'evolved'."""
-    out = []
-    for row in run.final.get("final") or []:
-        if row.get("role"):  # written since the table names each row's role (evomerge/final.py)
-            out.append((row["role"], row["metrics"]))
-            continue
-        label = row["model"]  # older run directories: the role from the label
-        if label.endswith("(base)"):
-            name = "base"
-        elif label == "plain average":
-            name = "average"
-        elif label.startswith("evolved"):
-            name = "evolved"
-        else:
-            name = f"source:{label}"
-        out.append((name, row["metrics"]))
-    return out
-
-
 def plot_heldout(ax, run: Run, i: int = 0, j: int = 1) -> None:
     """The held-out table in the plane of objectives i and j (every point scored once on the held-out split)."""
     split = run.final.get("final_split", "test")
@@ -222,8 +82,8 @@ def plot_heldout(ax, run: Run, i: int = 0, j: int = 1) -> None:
     for name, metrics in heldout_rows(run):
         if a.metric in metrics and b.metric in metrics:
             _reference_marker(ax, run, name, metrics[a.metric], metrics[b.metric], suffix="")
-    ax.set_xlabel(progress.label(a, split))
-    ax.set_ylabel(progress.label(b, split))
+    ax.set_xlabel(analysis.label(a, split))
+    ax.set_ylabel(analysis.label(b, split))
     ax.grid(alpha=0.25)
 
 
@@ -233,17 +93,17 @@ def plot_best_curve(ax, run: Run, k: int, ref_lines: bool = True, label: str | N
     pts = run.scored
     idx = {r["id"]: n for n, r in enumerate(run.records, 1)}
     if label is None:
-        ax.scatter([idx[r["id"]] for r in pts], [progress.value(r, k, o) for r in pts], s=8, alpha=0.3,
+        ax.scatter([idx[r["id"]] for r in pts], [analysis.value(r, k, o) for r in pts], s=8, alpha=0.3,
                    color="0.4", linewidths=0, label="evaluation")
-    x, y = progress.best_curve(run.records, k, o, counted={r["id"] for r in pts})
+    x, y = analysis.best_curve(run.records, k, o, counted={r["id"] for r in pts})
     ax.step(x, y, where="post", lw=1.8, color=color or FRONT_COLOR, label=label or "best so far")
     if ref_lines:
-        for name, rec in progress.references(run.records).items():
+        for name, rec in analysis.references(run.records).items():
             col = run.color(name.split(":", 1)[1]) if name.startswith("source:") else "orange"
-            ax.axhline(progress.value(rec, k, o), ls="--", lw=1, color=col, alpha=0.8,
-                       label=f"{progress.pretty_reference(name)} (seed)")
+            ax.axhline(analysis.value(rec, k, o), ls="--", lw=1, color=col, alpha=0.8,
+                       label=f"{analysis.pretty_reference(name)} (seed)")
     ax.set_xlabel("evaluations")
-    ax.set_ylabel(progress.label(o))
+    ax.set_ylabel(analysis.label(o))
     ax.grid(alpha=0.25)
 
 
@@ -255,7 +115,7 @@ def plot_hv_curve(ax, run: Run, ref=None, label: str | None = None, color=None) 
         x, y = np.array([h["evaluations"] for h in hist]), np.array([h["hypervolume"] for h in hist])
     else:
         ref = ref if ref is not None else run.ref
-        x, y = progress.hv_curve(run.records, ref)
+        x, y = analysis.hv_curve(run.records, ref)
     ax.plot(x, y, marker="o", ms=3, lw=1.6, color=color or "#1f77b4", label=label or "hypervolume")
     ax.set_xlabel("evaluations")
     ref_txt = ", ".join(f"{o.metric} {o.to_min(float(v)):.3g}" for o, v in zip(run.objectives, ref, strict=True)) \
@@ -428,14 +288,14 @@ def write_heldout(run: Run, path: Path) -> Path | None:
         o = run.objectives[0]
         fig = _figure(7, 0.45 * len(rows) + 1.6)
         ax = fig.subplots()
-        names = [progress.pretty_reference(n) if n not in ("base", "evolved") else n for n, _ in rows]
+        names = [analysis.pretty_reference(n) if n not in ("base", "evolved") else n for n, _ in rows]
         vals = [m.get(o.metric, math.nan) for _, m in rows]
         colors = [FRONT_COLOR if n == "evolved" else run.color(n.split(":", 1)[1]) if n.startswith("source:")
                   else "orange" if n == "average" else "0.5" for n, _ in rows]
         ax.barh(range(len(rows)), vals, color=colors)
         ax.set_yticks(range(len(rows)), names)
         ax.invert_yaxis()
-        ax.set_xlabel(progress.label(o, split))
+        ax.set_xlabel(analysis.label(o, split))
         for y, v in enumerate(vals):
             ax.text(v, y, f" {v:.4f}", va="center", fontsize=8)
         axes = [ax]
@@ -489,115 +349,3 @@ def write_path(run: Run, path: Path) -> Path | None:
     return path
 
 
-def summary_markdown(run: Run, files: dict[str, Path]) -> str:
-    ok = [r for r in run.records if progress.is_ok(r)]
-    split = run.final.get("final_split", "test")
-    objs = ", ".join(f"`{o.metric}` ({o.direction})" for o in run.objectives)
-    wall = run.final.get("wall_time")
-    lines = [f"# evomerge run `{run.name}`", "",
-             f"- optimiser: `{run.optimizer}`; space: `{(run.config.get('space') or {}).get('kind', 'unknown')}`; "
-             f"objectives: {objs}",
-             f"- evaluations: {len(run.records)} ({len(run.records) - len(ok)} failed)"
-             + (f"; budget {run.config['search']['budget']}" if (run.config.get("search") or {}).get("budget")
-                else "") + (f"; wall time {wall:.0f} s" if wall else ""),
-             ("- the search optimised the **fitness** split only; the held-out table below comes from the "
-              f"**{split}** split, each row evaluated once" if run.final.get("final") else
-              "- no held-out table yet (final.json missing: the run is still going or did not finish); every number "
-              "here is on the **fitness** split")]
-    if run.final.get("environment"):
-        lines.append(f"- made with: {describe(run.final['environment'])}")
-    lines.append("")
-    if run.final.get("final"):
-        lines += [f"## Held-out results (`{split}` split)", "", _final_table(run), ""]
-    if len(run.objectives) > 1:
-        ref = run.ref
-        ref_txt = ", ".join(f"{o.metric} = {o.to_min(float(v)):.4g}" for o, v in zip(run.objectives, ref,
-                                                                                    strict=True)) if ref is not None else "n/a"
-        lines += [f"## Pareto front on the fitness split ({len(run.front)} members)", "",
-                  f"Hypervolume {progress.hv(run.records, ref):.4f} (reference point: {ref_txt}).", "",
-                  "| id | generation | " + " | ".join(o.metric for o in run.objectives) + " | recipe |",
-                  "|---|---|" + "---|" * len(run.objectives) + "---|"]
-        for r in sorted(run.front, key=lambda r: progress.value(r, 0, run.objectives[0]),
-                        reverse=run.objectives[0].direction == "max")[:30]:
-            vals = " | ".join(f"{progress.value(r, k, o):.4f}" for k, o in enumerate(run.objectives))
-            ref_name = progress.reference_name(r)
-            tag = f" ({progress.pretty_reference(ref_name)})" if ref_name else ""
-            lines.append(f"| {r['id']} | {r.get('generation')} | {vals} | {_recipe_summary(r)}{tag} |")
-        lines.append("")
-    best = run.final.get("best")
-    if best:
-        vals = ", ".join(f"{o.metric} = {progress.value(best, k, o):.4f}" for k, o in enumerate(run.objectives))
-        lines += ["## Selected best recipe", "",
-                  f"Evaluation {best['id']} (generation {best.get('generation')}), the candidate the search "
-                  f"selected: {vals} on the fitness split. Recipe `best_recipe.yaml` "
-                  f"({_recipe_summary(best)}); model `best_model/`.", ""]
-    titles = {"pareto": "Pareto front (fitness split)", "heldout": f"Held-out `{split}` split",
-              "convergence": "Convergence", "ps_heatmap": "Per-layer merge parameters of the best recipe",
-              "dfs_path": "Layer path of the best recipe"}
-    for key, title in titles.items():
-        if files.get(key):
-            lines += [f"## {title}", "", f"![{title}]({files[key].name})", ""]
-    return "\n".join(lines)
-
-
-def _final_table(run: Run) -> str:
-    from evomerge.final import markdown_table, table_columns
-
-    rows = run.final["final"]
-    return markdown_table(rows, table_columns(rows, [o.metric for o in run.objectives]))
-
-
-def _recipe_summary(record: dict) -> str:
-    return progress.describe_recipe(record.get("recipe"))
-
-
-def write(run_dir: str | Path, config: dict | None = None) -> dict[str, Path]:
-    """Write every plot that applies to this run and report/summary.md; returns {name: path}."""
-    run = load_run(run_dir, config)
-    out = Path(run_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "pareto": write_pareto(run, out / "pareto.png"),
-        "heldout": write_heldout(run, out / "heldout.png"),
-        "convergence": write_convergence(run, out / "convergence.png"),
-        "ps_heatmap": write_ps_heatmap(run, out / "ps_heatmap.png"),
-        "dfs_path": write_path(run, out / "dfs_path.png"),
-    }
-    files = {k: v for k, v in files.items() if v is not None}
-    files["summary"] = out / "summary.md"
-    atomic_write_text(files["summary"], summary_markdown(run, files) + "\n")
-    return files
-
-
-def write_safely(run_dir: str | Path, config: dict | None = None) -> dict[str, Path]:
-    """`write`, but a plotting problem only warns: a finished search is never lost to its report."""
-    try:
-        files = write(run_dir, config)
-        log.info("report: %s", Path(run_dir) / "report" / "summary.md")
-        return files
-    except Exception as e:  # noqa: BLE001
-        log.warning("could not write the report (%s: %s); retry with `python -m evomerge.report %s`",
-                    type(e).__name__, e, run_dir)
-        return {}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    status = 0
-    for d in argv:
-        try:
-            files = write(d)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 2
-            continue
-        for name, p in files.items():
-            print(f"{name:12s} {p}")
-    return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

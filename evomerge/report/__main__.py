@@ -1,0 +1,7 @@
+"""`python -m evomerge.report RUN_DIR [RUN_DIR ...]`."""
+
+import sys
+
+from evomerge.report.summary import main
+
+sys.exit(main())
