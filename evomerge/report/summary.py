@@ -110,7 +110,9 @@ def write_safely(run_dir: str | Path, config: dict | None = None) -> dict[str, P
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        import evomerge.report
+
+        print(evomerge.report.__doc__)
         return 0 if argv else 2
     status = 0
     for d in argv:
