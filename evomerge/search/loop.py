@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from evomerge.search import checkpoint
+from evomerge.search.archive import ParetoArchive
 from evomerge.search.cache import EvalCache, metric_fingerprint, recipe_key, resolution_digits, selection_key
 from evomerge.search.fidelity import generation_samples, promotion_order, told_values
 from evomerge.search.objectives import WORST, Objective, scalar, to_min
-from evomerge.search.pareto import hypervolume, pareto_mask, reference_point
 from evomerge.search.settings import SearchSettings, check_minibatch
 from evomerge.store import (
     RunDirError,
@@ -158,6 +158,8 @@ class _Loop:
         res = self.result
         res.hypervolume, res.ref_point, res.n_samples = list(self.state.hypervolume), self.state.ref_point, \
             self.state.n_samples
+        self.pareto = ParetoArchive(self.objectives, self.s.hv_ref, self.state.ref_point,
+                                    list(self.state.hypervolume))
         for r in records:
             self._account(r)
         if records:
@@ -315,35 +317,10 @@ class _Loop:
             res.best = record
 
     def _update_front(self, gen: int) -> None:
-        st, res = self.state, self.result
-        full = [r for r in res.records if r["metrics"] is not None and r.get("top_fidelity", True)]
-        if not full:
-            return
-        Fa = np.array([r["objectives"] for r in full], float)
-        mask = pareto_mask(Fa)
-        res.front = [r for r, m in zip(full, mask, strict=True) if m]
-        if st.ref_point is None:  # fixed once
-            st.ref_point = reference_point(full, [r for r in res.records if r["metrics"] is not None],
-                                           self.objectives, self.s.hv_ref).tolist()
-        res.ref_point = st.ref_point
-        hv = hypervolume(Fa[mask], np.asarray(st.ref_point))
-        entry = {"generation": int(gen), "hypervolume": hv, "evaluations": st.evals, "n_samples": st.n_samples,
-                 "front_size": len(res.front)}
-        if st.hypervolume and st.hypervolume[-1]["generation"] == entry["generation"]:
-            st.hypervolume[-1] = entry
-        else:
-            st.hypervolume.append(entry)
-        res.hypervolume = list(st.hypervolume)
+        st, res, arc = self.state, self.result, self.pareto
+        arc.update(res.records, gen, st.evals, st.n_samples)
+        st.ref_point, st.hypervolume = arc.ref_point, list(arc.hypervolume)  # the checkpoint's copy
+        res.front, res.ref_point, res.hypervolume = arc.front, arc.ref_point, list(arc.hypervolume)
 
     def archive(self) -> dict:
-        res = self.result
-        ref = res.ref_point
-        return {
-            "objectives": [{"metric": o.metric, "direction": o.direction} for o in self.objectives],
-            "reference_point": None if ref is None else
-            [o.to_min(v) for o, v in zip(self.objectives, ref, strict=True)],  # back to metric units
-            "front": [{k: r[k] for k in ("id", "generation", "genome", "metrics", "objectives", "recipe")}
-                      for r in res.front],
-            "hypervolume": res.hypervolume,
-            "best_id": None if res.best is None else res.best["id"],
-        }
+        return self.pareto.to_json(self.result.best)
