@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from evomerge.merge.tensor_plan import merge_tensor
 from evomerge.models.pool import ModelPool
 from evomerge.recipe import SCALE_AT, Recipe
 
@@ -141,8 +142,6 @@ def non_layer_tensors(pool: ModelPool, recipe: Recipe) -> dict[str, torch.Tensor
             src = recipe.models[w.index(1.0)]
             out = {n: pool.state[src][n] for n in names}
         else:
-            from evomerge.merge.merger import merge_tensor
-
             out = {n: merge_tensor(pool, recipe, n) for n in names}
     if recipe.head_from is not None:
         out.update({n: pool.state[recipe.head_from][n] for n in head_tensors(pool.arch) if n in out})

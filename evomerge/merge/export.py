@@ -26,7 +26,7 @@ from evomerge.merge import kernels
 from evomerge.merge.dataflow import fold_factors, head_tensors, is_mlp_out
 from evomerge.merge.kernels import all_finite
 from evomerge.merge.mergekit import MergeJob, NotExpressible, from_mergekit, recipe_to_mergekit
-from evomerge.merge.merger import MergeError, plan_tensor, run_method
+from evomerge.merge.tensor_plan import MergeError, plan_tensor, run_method
 from evomerge.models.arch import ArchMap, arch_for
 from evomerge.models.pool import (
     LazyCheckpoint,

@@ -102,8 +102,6 @@ def register(name: str, *, needs_base: bool, per_model: dict | None = None, para
 
 
 def get_method(name: str) -> Method:
-    from evomerge.merge import methods  # noqa: F401  (registers the built-in methods)
-
     if name not in METHODS:
         raise ValueError(f"unknown merge method {name!r}; registered: {sorted(METHODS)}")
     return METHODS[name]
