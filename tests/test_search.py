@@ -434,3 +434,18 @@ def test_resume_may_change_budget_and_final_pareto_only(tmp_path):
     _check_config(tmp_path / "c", saved, {"seed": 0, "search": {"objectives": [{"metric": "acc/a"}]}}, tmp_path)
     with pytest.raises(ValueError, match=r"differs .* in \['search'\]"):
         _check_config(tmp_path / "c", saved, {"seed": 0, "search": {"objectives": [{"metric": "acc/b"}]}}, tmp_path)
+
+
+def test_promotion_with_uncertainty_widens_only_when_scores_are_within_noise():
+    from evomerge.search.fidelity import promoted
+
+    F = np.array([[-0.50], [-0.45], [-0.20], [WORST]])  # accuracies 0.50, 0.45, 0.20 and a failure (minimised)
+    ok = np.array([True, True, True, False])
+    w = np.array([1.0])
+    assert promoted(F, ok, w, 1, 10) == [0]                  # z = 0: the plain top 1/eta
+    assert promoted(F, ok, w, 1, 10, z=1.0) == [0, 1]        # 10 items: 0.45 is within one standard error of 0.50
+    assert promoted(F, ok, w, 1, 1000, z=1.0) == [0]         # 1000 items: it is not
+    assert promoted(F, ok, w, 1, 10, z=10.0) == [0, 1, 2]    # a failure is never promoted
+    with pytest.raises(ValueError, match="search.fidelity.z: expected a number of standard errors"):
+        Fidelity.parse({"rungs": [0.5, 1.0], "z": -1})
+    assert Fidelity.parse({"rungs": [0.5, 1.0], "z": 1}).z == 1.0

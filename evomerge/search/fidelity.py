@@ -18,6 +18,9 @@ generation. Promotion inside a rung uses the optimiser's view: the weighted sum 
 non-dominated rank then the mean objective for multi-objective ones. Only top-rung evaluations compete for the
 best candidate and the Pareto archive.
 
+Promotion with uncertainty (`z: 1.0`): besides the best 1/eta, every candidate whose score is within z standard
+errors of the last one promoted (the two intervals overlap) goes up too, so a noisy low rung does not decide alone.
+
 Hyperband (`mode: hyperband`) hedges against low rungs that are too noisy: generation g runs the bracket that starts
 at rung g mod (number of rungs), so with three rungs one generation in three is full successive halving, one starts
 at 1/3, and one evaluates every candidate on all samples. It is a per-generation simplification of Hyperband: the
@@ -37,15 +40,20 @@ class Fidelity:
     rungs: tuple[float, ...] = (1.0,)
     eta: int = 3
     mode: str = "successive_halving"  # or "hyperband"
+    z: float = 0.0  # > 0: also promote candidates whose optimistic score reaches the last promoted one's pessimistic
 
     @classmethod
     def parse(cls, cfg) -> Fidelity:
         if not cfg:
             return cls()
         cfg = dict(cfg)
-        unknown = sorted(set(cfg) - {"rungs", "eta", "mode"})
+        unknown = sorted(set(cfg) - {"rungs", "eta", "mode", "z"})
         if unknown:
-            raise ValueError(f"search.fidelity: unknown key(s) {unknown}; expected rungs, eta, mode")
+            raise ValueError(f"search.fidelity: unknown key(s) {unknown}; expected rungs, eta, mode, z")
+        z = cfg.get("z", 0.0)
+        if isinstance(z, bool) or not isinstance(z, int | float) or not 0 <= z <= 10:
+            raise ValueError(f"search.fidelity.z: expected a number of standard errors in [0, 10] (0: plain top "
+                             f"1/eta), found {z!r}")
         mode = cfg.get("mode", "successive_halving")
         if mode not in ("successive_halving", "hyperband"):
             raise ValueError(f"search.fidelity.mode: expected 'successive_halving' or 'hyperband', found {mode!r}")
@@ -56,7 +64,7 @@ class Fidelity:
                              f"{list(rungs)}")
         if not isinstance(eta, int) or isinstance(eta, bool) or eta < 2:
             raise ValueError(f"search.fidelity.eta: expected an integer >= 2, found {eta!r}")
-        return cls(rungs, eta, mode)
+        return cls(rungs, eta, mode, float(z))
 
     @property
     def multi(self) -> bool:
@@ -70,6 +78,27 @@ class Fidelity:
 
     def promote(self, n: int) -> int:
         return max(1, math.ceil(n / self.eta))
+
+
+def promoted(F: np.ndarray, ok: np.ndarray, weights: np.ndarray | None, k: int, n_samples: int,
+             z: float = 0.0) -> list[int]:
+    """Positions promoted to the next rung: the best `k` (promotion_order), and with z > 0 also every candidate
+    whose optimistic score (score - z * se) reaches the pessimistic score (score + z * se) of the k-th: a low rung
+    whose scores are within noise of each other promotes more of them instead of a random third. `se` is the
+    binomial standard error at `n_samples` items of the (weighted) objectives whose values are proportions in
+    [0, 1] (accuracies); other objectives count as exact."""
+    order = promotion_order(F, ok, weights)
+    keep = [int(j) for j in order[:k] if ok[j]]
+    if z <= 0 or not keep or n_samples < 1:
+        return keep
+    F = np.asarray(F, float)
+    w = weights if weights is not None else np.full(F.shape[1], 1.0 / F.shape[1])
+    score = F @ w
+    p = np.abs(F)
+    var = np.where(p <= 1.0, p * (1.0 - np.clip(p, 0.0, 1.0)), 0.0)
+    se = np.sqrt((var * w**2).sum(axis=1) / n_samples)
+    bar = score[keep[-1]] + z * se[keep[-1]]
+    return keep + [int(j) for j in order[k:] if ok[j] and score[j] - z * se[j] <= bar]
 
 
 def generation_samples(n_fitness: int, minibatch: int | None, resample: bool, seed: int, gen: int,

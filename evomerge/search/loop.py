@@ -38,7 +38,7 @@ import numpy as np
 from evomerge.search import checkpoint
 from evomerge.search.archive import ParetoArchive
 from evomerge.search.cache import EvalCache, metric_fingerprint, recipe_key, resolution_digits, selection_key
-from evomerge.search.fidelity import generation_samples, promotion_order, told_values
+from evomerge.search.fidelity import generation_samples, promoted, told_values
 from evomerge.search.objectives import WORST, Objective, scalar, to_min
 from evomerge.search.settings import SearchSettings, check_minibatch
 from evomerge.store import (
@@ -217,8 +217,9 @@ class _Loop:
             if r < start:
                 continue
             if r > start:
-                order = promotion_order(F[active], ok[active], self.promote_weights)
-                active = [active[j] for j in order[: fid.promote(len(active))] if ok[active[j]]]
+                keep = promoted(F[active], ok[active], self.promote_weights, fid.promote(len(active)),
+                                sizes[r - 1] or self.n_fitness or 0, fid.z)
+                active = [active[j] for j in keep]
             room = self.s.budget - st.evals
             if len(active) > room:
                 active, complete = active[:room], False

@@ -207,7 +207,7 @@ def part_c(seed, budget):
     return res
 
 
-def part_d(seeds, budget, k_anchors=40):
+def part_d(seeds, budget, k_anchors=40, only=None):
     obj = [Objective(metric(), "max")]
     methods = {  # name -> (optimizer kind, popsize, options, evaluations, fidelity, anchors)
         "random": ("random", 12, {}, budget, None, None),
@@ -219,7 +219,14 @@ def part_d(seeds, budget, k_anchors=40):
                                                     {"k": k_anchors, "estimator": "mean"}),
         "CMA-ES + successive halving": ("cmaes", 18, {}, 5 * budget, {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3},
                                         None),
+        "CMA-ES + successive halving, z=1": ("cmaes", 18, {}, 5 * budget,
+                                             {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3, "z": 1.0}, None),
     }
+    if only:
+        unknown = sorted(set(only) - set(methods))
+        if unknown:
+            raise SystemExit(f"--methods: unknown {unknown}; expected some of {list(methods)}")
+        methods = {m: v for m, v in methods.items() if m in only}
     print(f"\n## D ({STUDY}, objective {metric()}). Samples to reach the reference's held-out score (reference: CMA-ES popsize 12, {budget} "
           f"evaluations at full fidelity), seeds {seeds}\n")
     ratios = {m: [] for m in ["CMA-ES (reference)", *methods]}
@@ -278,6 +285,8 @@ def main():
     ap.add_argument("--parts", default="ABC", help="which parts to run, e.g. B or D")
     ap.add_argument("--mode", default="successive_halving", choices=["successive_halving", "hyperband"])
     ap.add_argument("--fitness-samples", type=int, default=None, help="fitness split size per task (default 200)")
+    ap.add_argument("--methods", default=None, help="part D: a comma-separated subset of its methods (names as in "
+                    "its table); the reference always runs")
     ap.add_argument("--study", default="digits", choices=sorted(STUDIES), help="the experiment part D searches")
     args = ap.parse_args()
     global STUDY
@@ -297,13 +306,14 @@ def main():
     if "C" in args.parts:
         part_c(0, budget)
     if "D" in args.parts:
-        part_d(seeds, budget)
+        part_d(seeds, budget, only=args.methods.split(",") if args.methods else None)
     print(f"\n(total {time.time() - t0:.0f} s; command: python experiments/bench/search_bench.py"
           f"{' --quick' if args.quick else ''}{'' if args.parts == 'ABC' else ' --parts ' + args.parts}"
           f"{f' --seeds {args.seeds}' if args.seeds != 3 else ''}"
           f"{f' --fitness-samples {args.fitness_samples}' if args.fitness_samples else ''}"
           f"{'' if args.mode == 'successive_halving' else ' --mode ' + args.mode}"
-          f"{'' if args.study == 'digits' else ' --study ' + args.study})")
+          f"{'' if args.study == 'digits' else ' --study ' + args.study}"
+          f"{f' --methods {chr(34)}{args.methods}{chr(34)}' if args.methods else ''})")
 
 
 if __name__ == "__main__":
