@@ -219,8 +219,8 @@ def part_d(seeds, budget, k_anchors=40, only=None):
                                                     {"k": k_anchors, "estimator": "mean"}),
         "CMA-ES + successive halving": ("cmaes", 18, {}, 5 * budget, {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3},
                                         None),
-        "CMA-ES + successive halving, z=1": ("cmaes", 18, {}, 5 * budget,
-                                             {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3, "z": 1.0}, None),
+        "CMA-ES + successive halving (z=1)": ("cmaes", 18, {}, 5 * budget,
+                                              {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3, "z": 1.0}, None),
     }
     if only:
         unknown = sorted(set(only) - set(methods))
