@@ -62,7 +62,9 @@ def test_build_writes_models_data_and_marker_last_and_is_cached(tiny_zoo):
         assert (tiny_zoo / name / "config.json").exists() and (tiny_zoo / name / "tokenizer.json").exists()
     for f in ("ja_math/fitness", "ja_math/test", "ja_general/test", "en_math/test", "train/math", "train/ja"):
         assert (tiny_zoo / "data" / f"{f}.jsonl").exists()
-    assert len(jp_mini.read_jsonl(tiny_zoo / "data" / "ja_math" / "test.jsonl")) == TINY["n_test"]
+    from evomerge.evaluator.data import load_rows
+
+    assert len(load_rows(str(tiny_zoo / "data" / "ja_math" / "test.jsonl"), "test")) == TINY["n_test"]
     mtime = (tiny_zoo / "ja" / "model.safetensors").stat().st_mtime
     jp_mini.build(tiny_zoo, **TINY)  # cached: nothing is retrained
     assert (tiny_zoo / "ja" / "model.safetensors").stat().st_mtime == mtime
