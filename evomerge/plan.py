@@ -13,7 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from evomerge.models.pool import is_hub_id, read_config
+from evomerge.models.lazy import read_config
+from evomerge.models.pool import is_hub_id
 from evomerge.offline import hub_offline
 
 DATA_KEYS = ("fitness", "validation", "test")

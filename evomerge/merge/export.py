@@ -28,12 +28,9 @@ from evomerge.merge.kernels import all_finite
 from evomerge.merge.mergekit import MergeJob, NotExpressible, from_mergekit, recipe_to_mergekit
 from evomerge.merge.tensor_plan import MergeError, plan_tensor, run_method
 from evomerge.models.arch import ArchMap, arch_for
-from evomerge.models.pool import (
-    LazyCheckpoint,
-    check_compatible,
-    resolve_model,
-    vocab_tensor_names,
-)
+from evomerge.models.checks import check_compatible, vocab_tensor_names
+from evomerge.models.lazy import LazyCheckpoint
+from evomerge.models.pool import resolve_model
 from evomerge.recipe import Recipe
 from evomerge.store import RunDirError, check_creatable
 

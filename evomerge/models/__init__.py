@@ -7,12 +7,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from evomerge.dtypes import DTYPES
+from evomerge.models.lazy import resolve_path
 from evomerge.models.pool import (
     ModelPool,
     ModelSpec,
     load_pool,
     load_tokenizer,
-    resolve_path,
 )
 from evomerge.registry import ARCHITECTURES
 

@@ -4,13 +4,10 @@ the streaming export and LoRA folding: nothing is loaded until a tensor is asked
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def read_config(path: Path, model: str | None = None) -> dict:

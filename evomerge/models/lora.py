@@ -133,7 +133,7 @@ def _key(base: Path, adapter: Path) -> str:
 
 def materialize(base: Path, adapter: Path, where: str = "model") -> Path:
     """The folder of base + adapter as a full checkpoint (built once, then found in the cache)."""
-    from evomerge.models.pool import LazyCheckpoint
+    from evomerge.models.lazy import LazyCheckpoint
 
     cfg = check_adapter(adapter, where)
     out = _cache_root() / _key(base, adapter)

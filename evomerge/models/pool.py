@@ -17,15 +17,14 @@ import torch
 from torch import nn
 
 from evomerge.models.arch import ArchMap, arch_for
-from evomerge.models.checks import (  # noqa: F401  (re-exported: callers check pools)
+from evomerge.models.checks import (
     check_compatible,
-    check_configs_compatible,
     check_files_compatible,
     check_finite,
     truncate_to_common_vocab,
     vocab_tensor_names,
 )
-from evomerge.models.lazy import LazyCheckpoint, read_config, resolve_path  # noqa: F401
+from evomerge.models.lazy import read_config, resolve_path
 from evomerge.offline import hub_offline
 from evomerge.registry import ARCHITECTURES
 

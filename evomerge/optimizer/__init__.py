@@ -19,6 +19,8 @@ from evomerge.registry import OPTIMIZERS
 
 log = logging.getLogger(__name__)
 
+STANDARD = ("kind", "n_obj", "seed", "initial", "var_types", "n_constr")  # what build passes when declared
+
 
 class Optimizer(Protocol):
     popsize: int
@@ -56,16 +58,12 @@ def build(cfg: Any, xl: np.ndarray, xu: np.ndarray, n_obj: int, seed: int, initi
                  "diversity)")
     params = inspect.signature(cls.__init__).parameters
     if "weights" not in params:
-        cfg.pop("weights", None)  # the one weighting lives in search.weights (run.optimizer_config)
-    standard = {"kind": kind, "n_obj": n_obj, "seed": seed, "initial": initial, "var_types": var_types,
-                "n_constr": n_constr}
-    standard = {k: v for k, v in standard.items() if k in params}
+        cfg.pop("weights", None)  # the one weighting lives in search.weights (config.optimizer_config)
+    given = dict(zip(STANDARD, (kind, n_obj, seed, initial, var_types, n_constr), strict=True))
+    standard = {k: v for k, v in given.items() if k in params}
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         valid = [p for p in params if p not in ("self", "xl", "xu", *STANDARD)]
         unknown = sorted(set(cfg) - set(valid))
         if unknown:
             raise ValueError(f"optimizer ({kind}): unknown option(s) {unknown}; valid options: {valid}")
     return cls(xl=xl, xu=xu, **standard, **cfg)
-
-
-STANDARD = ("kind", "n_obj", "seed", "initial", "var_types", "n_constr")
