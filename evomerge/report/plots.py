@@ -1,9 +1,7 @@
 """The report's figures: each plot draws on axes it is given (the notebook reuses them); `write_*` make the files."""
 
-
 from __future__ import annotations
 
-import logging
 import math
 from itertools import combinations
 from pathlib import Path
@@ -13,9 +11,7 @@ import numpy as np
 from evomerge.report import analysis
 from evomerge.report.runs import FRONT_COLOR, MODEL_COLORS, Run, heldout_rows
 
-log = logging.getLogger("evomerge")
 
-# ---- plots (each draws on axes it is given) ---------------------------------------------------------------------
 def plot_pareto(ax, run: Run, i: int = 0, j: int = 1, show_references: bool = True):
     """Fitness-split candidates in the plane of objectives i and j. Returns the generation scatter (for a colorbar).
 
@@ -222,7 +218,7 @@ def plot_path(fig, recipe: dict, title: str = "best recipe") -> bool:
     return True
 
 
-# ---- writing the report -----------------------------------------------------------------------------------------
+# ---- the figure files -------------------------------------------------------------------------------------------
 def _figure(w: float, h: float):
     from matplotlib.figure import Figure
 

@@ -1,10 +1,8 @@
 """A run as read from its directory (records, archive, config, final table), and comparisons across runs."""
 
-
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +12,10 @@ import yaml
 from evomerge.report import analysis
 from evomerge.search.objectives import Objective
 
-log = logging.getLogger("evomerge")
-
 MODEL_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 FRONT_COLOR = "#d62728"
 
 
-# ---- a run, as read from its directory ------------------------------------------------------------------------
 @dataclass
 class Run:
     dir: Path

@@ -1,6 +1,5 @@
 """The report of a run: every figure and summary.md written into RUN_DIR/report/, and the `evomerge-report` CLI."""
 
-
 from __future__ import annotations
 
 import logging
