@@ -151,7 +151,8 @@ def describe(cfg: dict) -> str:
             layers.add(n)
         lines.append(f"  {where:<16} {name:<12} {path}  [{status}{f', {n} layers' if n else ''}]")
     if models_cfg.get("zoo"):
-        lines.append(f"  (zoo '{models_cfg['zoo']}' is built under {cfg['paths']['zoo']} on first use)")
+        folder = Path(cfg["paths"]["zoo"]) / (models_cfg.get("zoo_dir") or models_cfg["zoo"])
+        lines.append(f"  (zoo '{models_cfg['zoo']}' is built under {folder} on first use)")
     names = [s["name"] for s in models_cfg["sources"]]
     base = models_cfg["base"]["name"] if models_cfg.get("base") else None
     num_layers = planned_depth(cfg, layers)

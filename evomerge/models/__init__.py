@@ -46,7 +46,8 @@ def _ensure_zoo(cfg: Any, zoo_root: str) -> None:
     if cfg.get("zoo"):
         from evomerge.zoo import ensure
 
-        ensure(cfg["zoo"], zoo_root, seed=cfg.get("zoo_seed", 0), **dict(cfg.get("zoo_options") or {}))
+        ensure(cfg["zoo"], zoo_root, seed=cfg.get("zoo_seed", 0), folder=cfg.get("zoo_dir"),
+               **dict(cfg.get("zoo_options") or {}))
 
 
 def _folded(spec: ModelSpec, where: str) -> ModelSpec:

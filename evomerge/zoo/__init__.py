@@ -13,11 +13,11 @@ log = logging.getLogger(__name__)
 HINT = " or null for your own models"
 
 
-def ensure(name: str, root: str | Path, seed: int = 0, **options) -> Path:
+def ensure(name: str, root: str | Path, seed: int = 0, folder: str | None = None, **options) -> Path:
     """Build the zoo registered as `name` (evomerge.registry.ZOOS: a module with `build(root, seed=..., **options)`)
-    in `<root>/<name>`, once. `options` are its build settings (`models.zoo_options`); a different setting rebuilds
-    the zoo."""
-    return ZOOS.get(name, "models.zoo", HINT).build(Path(root).expanduser() / name, seed=seed, **options)
+    in `<root>/<folder>` (default `<root>/<name>`), once. `options` are its build settings (`models.zoo_options`);
+    a different setting rebuilds the zoo, so a variant gets its own `folder` (`models.zoo_dir`)."""
+    return ZOOS.get(name, "models.zoo", HINT).build(Path(root).expanduser() / (folder or name), seed=seed, **options)
 
 
 def planned_layers(name: str, **options) -> int | None:

