@@ -1,17 +1,67 @@
-"""The run config at the edge: every check that needs no model, so bad input fails in seconds, before any loading,
-and the settings derived from the config once (search settings, the resume key, the optimiser's config)."""
+"""The run config at the edge: parsed and checked once into a typed `RunConfig`, with every check that needs no
+model, so bad input fails in seconds, before any loading. Below `run.py` the steps receive its typed parts.
+
+The per-kind sections (`evaluator`, `space`, `merge`, `optimizer`, `logger`) stay mappings here: each is read by
+the class its `kind` names (evomerge.registry), which knows its own options and refuses unknown ones.
+"""
 
 from __future__ import annotations
 
-from evomerge import executor as executor_pkg
-from evomerge import models as models_pkg
+from dataclasses import dataclass
+from typing import Any
+
 from evomerge import preconditions as preconditions_pkg
-from evomerge.search import settings as search_settings
+from evomerge.executor import ExecutorConfig
+from evomerge.models import ModelsConfig
+from evomerge.preconditions import Precondition
 from evomerge.search.settings import RESUME_FREE, SearchSettings
 
 
-def validate(cfg: dict) -> SearchSettings:
-    """Checks that need no model, so that bad input fails in seconds, before any loading or training."""
+@dataclass(frozen=True)
+class RunConfig:
+    raw: dict                  # the resolved config as written: recorded in the run directory and sent to loggers
+    seed: int
+    device: str
+    threads: int | None
+    resume: bool | str
+    dry_run: bool
+    final_split: str
+    report_metrics: list[str] | None
+    models: ModelsConfig
+    executor: ExecutorConfig
+    search: SearchSettings
+    preconditions: list[Precondition]
+    evaluator: dict
+    space: dict
+    merge: dict
+    optimizer: dict            # with search.weights as its weighting (optimizer_config)
+    logger: dict
+
+    @property
+    def resume_key(self) -> dict:
+        return resume_key(self.raw)
+
+    def describe_search(self) -> str:
+        return (f"space `{self.space['kind']}`, optimiser `{self.optimizer['kind']}`, {self.search.budget} "
+                f"evaluations, seed {self.seed}")
+
+
+def parse(cfg: dict[str, Any]) -> RunConfig:
+    """The resolved config (a dict: CLI, tests, notebooks) checked and typed, once."""
+    settings = _check(cfg)
+    return RunConfig(
+        raw=cfg, seed=int(cfg.get("seed", 0)), device=cfg.get("device", "cpu"), threads=cfg.get("threads"),
+        resume=cfg.get("resume", False), dry_run=bool(cfg.get("dry_run")), final_split=cfg.get("final_split", "test"),
+        report_metrics=cfg.get("report_metrics"),
+        models=ModelsConfig.parse(cfg["models"], (cfg.get("paths") or {}).get("zoo", ".")),
+        executor=ExecutorConfig.parse(cfg.get("executor")), search=settings,
+        preconditions=preconditions_pkg.parse(cfg.get("preconditions")), evaluator=dict(cfg.get("evaluator") or {}),
+        space=dict(cfg["space"]), merge=dict(cfg.get("merge") or {}), optimizer=optimizer_config(cfg),
+        logger=dict(cfg.get("logger") or {"kind": "local"}))
+
+
+def _check(cfg: dict) -> SearchSettings:
+    """The run-level fields' checks (the sections' own checks are their parsers'), and the search settings."""
     search = cfg.get("search") or {}
     opt = cfg.get("optimizer") or {}
     pop, least = opt.get("popsize"), 1 if opt.get("kind") == "random" else 2  # CMA-ES and pymoo need 2
@@ -42,9 +92,6 @@ def validate(cfg: dict) -> SearchSettings:
     shown = cfg.get("report_metrics")
     if shown is not None and (not isinstance(shown, list) or not all(isinstance(m, str) for m in shown)):
         raise ValueError(f"report_metrics: expected a list of metric names or null, found {shown!r}")
-    models_pkg.specs(cfg["models"])
-    executor_pkg.check(cfg.get("executor"))
-    preconditions_pkg.parse(cfg.get("preconditions"))
     return settings
 
 
@@ -61,10 +108,6 @@ def check_device(device) -> None:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s); expected "
                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-
-
-def check_minibatch(search: dict, evaluators: list) -> None:
-    search_settings.check_minibatch(search.get("minibatch"), min(ev.size("fitness") for ev in evaluators))
 
 
 def resume_key(cfg: dict) -> dict:

@@ -17,7 +17,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 
 def compose(overrides: list[str]) -> dict:
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
         trust = bool((cfg.get("models") or {}).get("trust_remote_code", False))
         tokenizer = load_tokenizer(str(model_dir), trust)
-        evaluators = evaluators_pkg.build(cfg["evaluator"], SimpleNamespace(tokenizer=tokenizer),
+        evaluators = evaluators_pkg.build(cfg["evaluator"], tokenizer,
                                           seed=int(cfg.get("seed", 0)), device=args.device)
         model = load_merged(model_dir, trust_remote_code=trust).to(args.device)
         metrics, n, lm_files = {}, 0, {}

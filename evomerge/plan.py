@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from evomerge.models.lazy import read_config
@@ -105,8 +104,7 @@ def _genome(cfg: dict, names: list[str], base: str | None, num_layers: int) -> i
     from evomerge import space as space_pkg
 
     recipe_models = list((cfg.get("space") or {}).get("recipe_models") or {})
-    pool = SimpleNamespace(names=names, base_name=base, num_layers=num_layers,
-                           state={n: {} for n in names + ([base] if base else []) + recipe_models})
+    pool = space_pkg.PoolShape(names, base, num_layers, {n: {} for n in names + ([base] if base else []) + recipe_models})
     return space_pkg.build(cfg["space"], cfg["merge"], pool, seed=int(cfg.get("seed", 0))).dim
 
 

@@ -91,9 +91,9 @@ def test_anchored_digits_evaluator(zoo_root, digits_zoo):
         cfg = OmegaConf.to_container(compose("config", overrides=["experiment=digits", f"paths.zoo={zoo_root}"]),
                                      resolve=True)
     pool = models_pkg.build(cfg["models"], str(zoo_root))
-    full = Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool))
+    full = Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool.tokenizer))
     cfg["evaluator"]["digits"]["anchors"] = {"k": 40, "estimator": "pirt"}
-    cheap = Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool))
+    cheap = Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool.tokenizer))
     recipe = Recipe(models=pool.names, base=pool.base_name,
                     default=Rule("task_arithmetic", per_model={"weight": [0.6, 0.3, 0.45]}))
     a, b = full.evaluate(recipe), cheap.evaluate(recipe)
@@ -103,4 +103,55 @@ def test_anchored_digits_evaluator(zoo_root, digits_zoo):
     assert cheap.evaluate(recipe, "test").n_samples == full.evaluate(recipe, "test").n_samples
     with pytest.raises(ValueError, match="anchors.estimator"):
         cfg["evaluator"]["digits"]["anchors"] = {"k": 10, "estimator": "irt3"}
-        evaluators_pkg.build(cfg["evaluator"], pool)
+        evaluators_pkg.build(cfg["evaluator"], pool.tokenizer)
+
+
+def test_calibration_leaves_the_candidate_alone(zoo_root, digits_zoo):
+    """The Worker loads the calibration models into its one live model: calibration must come before the candidate
+    is merged there, or the first candidate's estimate would be the plain average's. The estimate equals the fit
+    applied to the candidate's own anchor-item scores, measured on a separate Worker."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from evomerge import evaluator as evaluators_pkg
+    from evomerge import models as models_pkg
+    from evomerge.executor.worker import Worker
+    from evomerge.recipe import Recipe, Rule
+
+    with initialize_config_module("evomerge.conf", version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=digits", f"paths.zoo={zoo_root}"]),
+                                     resolve=True)
+    cfg["evaluator"]["digits"]["anchors"] = {"k": 40, "estimator": "pirt"}
+    pool = models_pkg.build(cfg["models"], str(zoo_root))
+    worker = Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool.tokenizer))
+    recipe = Recipe(models=pool.names, base=pool.base_name,
+                    default=Rule("task_arithmetic", per_model={"weight": [0.6, 0.3, 0.45]}))
+    got = worker.evaluate(recipe)  # the first evaluation: calibrates, then merges
+    anchored = worker.evaluators[0]
+    model = Worker(pool, [anchored.inner]).merger.apply(recipe)
+    res = anchored.inner.evaluate(model, "fitness", [int(i) for i in anchored.fit.anchors])
+    expected = {m: anchored.fit.estimate(m, y, "pirt") for m, y in anchored.inner.item_scores(res.records).items()}
+    assert expected and all(got.metrics[m] == pytest.approx(v, abs=1e-9) for m, v in expected.items()), \
+        (got.metrics, expected)
+    with pytest.raises(RuntimeError, match="not calibrated"):  # outside a Worker it says what to do
+        evaluators_pkg.build(cfg["evaluator"], pool.tokenizer)[0].evaluate(model)
+
+
+def test_anchors_through_a_run(tmp_path, zoo_root, digits_zoo):
+    """`evaluator.<name>.anchors` in a run's config: run.py builds the evaluators before the pool (tokenizer only),
+    so the Worker that holds the pool calibrates them. Every candidate is scored on the k anchors of each task."""
+    import json
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from evomerge.run import run
+
+    with initialize_config_module("evomerge.conf", version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=[
+            "experiment=digits", f"paths.zoo={zoo_root}", "search.budget=8", "optimizer.popsize=4",
+            "logger.progress_bar=false", "+evaluator.digits.anchors={k: 20, estimator: mean}"]), resolve=True)
+    summary = run(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
+    assert summary["evaluations"] == 8 and all(r.get("error") is None for r in records)
+    assert {r["n_samples"] for r in records if not r.get("cached")} == {20 * 3}

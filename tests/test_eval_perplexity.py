@@ -57,7 +57,7 @@ def test_windows_splits_and_metric_directions(pool, text):
 
 def test_scores_follow_in_place_weights_and_nan_is_a_recorded_failure(pool, text):
     evs = build({"right": {"kind": "perplexity", "fitness": str(text / "right.jsonl"), "fitness_samples": 12},
-                 "wrong": {"kind": "perplexity", "fitness": str(text / "wrong.jsonl"), "fitness_samples": 12}}, pool)
+                 "wrong": {"kind": "perplexity", "fitness": str(text / "wrong.jsonl"), "fitness_samples": 12}}, pool.tokenizer)
     worker = Worker(pool, evs)
     expert, rand, again = (worker.evaluate(pick(n)) for n in ("expert", "random", "expert"))
     # the expert knows the sums: right answers are much likelier than wrong ones; the random model cannot tell

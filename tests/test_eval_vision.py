@@ -46,7 +46,7 @@ def corner_classifier(col: int) -> nn.Module:
 
 def test_accuracy_loss_and_in_place_weights(npz_root):
     ev = build({"v": {"kind": "vision", "dataset": "npz", "dataset_kwargs": {"root": str(npz_root)},
-                      "tasks": ["left", "right"], "fitness_samples": 30, "batch_size": 7}}, pool=None)[0]
+                      "tasks": ["left", "right"], "fitness_samples": 30, "batch_size": 7}})[0]
     model = corner_classifier(0)
     res = ev.evaluate(model, "test")
     assert res.metrics["acc/left"] == 1.0 and res.metrics["acc/right"] < 0.8 and res.n_samples == 80

@@ -80,7 +80,7 @@ def setup(zoo_root, digits_zoo):
     cfg = compose(zoo_root)
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"])
     space = space_pkg.build(cfg["space"], cfg["merge"], pool, seed=0)
-    worker = Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool, seed=0))
+    worker = Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool.tokenizer, seed=0))
     return cfg, pool, space, worker
 
 

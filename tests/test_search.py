@@ -29,7 +29,7 @@ class FakeRecipe:
 class FakeSpace:
     """3 genes in [0, 1]; decode keeps 3 decimals (so nearby genomes collide, like a space's resolution)."""
 
-    xl, xu, var_types, resolution = np.zeros(3), np.ones(3), ["real"] * 3, 1e-3
+    xl, xu, var_types, resolution, n_constraints = np.zeros(3), np.ones(3), ["real"] * 3, 1e-3, 0
 
     def decode(self, x):
         return FakeRecipe(np.round(x, 3))
@@ -39,6 +39,8 @@ class FakeSpace:
 
 
 class ConstrainedSpace(FakeSpace):
+    n_constraints = 1
+
     def constraint(self, x):
         return float(x[0] - 0.6)  # infeasible when x0 > 0.6
 

@@ -70,7 +70,7 @@ def test_real_weights_load_through_models_config_and_the_identity_path_reproduce
     assert pool.names == ["smollm2"] and pool.num_layers == 30
     assert pool.template.config.vocab_size == 49152 and pool.template.config.hidden_size == 576
 
-    evs = {ev.name: ev for ev in evaluators_pkg.build(cfg["evaluator"], pool)}
+    evs = {ev.name: ev for ev in evaluators_pkg.build(cfg["evaluator"], pool.tokenizer)}
     merger = Merger(pool)
     space = space_pkg.build(cfg["space"], cfg["merge"], pool)
     identity = space.decode(space.seeds()["source:smollm2"])

@@ -2,7 +2,8 @@
 
 Adding an evaluator is one class (the protocol in base.py) and one line in `evomerge.registry.EVALUATORS`. Every
 option of the entry except `kind` goes to the class's constructor, so a misspelt option fails at build time, before
-any model work; a class whose constructor takes `tokenizer` gets the pool's.
+any model work; a class whose constructor takes `tokenizer` gets the models' tokenizer (built before their weights
+are loaded). An evaluator with `anchors` is calibrated on the pool models by the Worker that holds them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from evomerge.registry import EVALUATORS
 
 
-def build(cfg: Any, pool, seed: int = 0, device: str = "cpu") -> list:
+def build(cfg: Any, tokenizer=None, seed: int = 0, device: str = "cpu") -> list:
     evaluators = []
     if not cfg:
         raise ValueError("evaluator: no evaluator configured")
@@ -31,7 +32,7 @@ def build(cfg: Any, pool, seed: int = 0, device: str = "cpu") -> list:
             raise ValueError(f"evaluator.{name}: unknown option(s) {unknown} for kind {kind!r}; accepted: "
                              f"{sorted(accepted)}")
         if "tokenizer" in parameters:
-            options["tokenizer"] = getattr(pool, "tokenizer", None)
+            options["tokenizer"] = tokenizer
         built = cls(name=name, seed=seed, device=device, **options)
         if ev.get("anchors"):  # scored on anchor items, whole-split estimates (evomerge/evaluator/anchors.py)
             from evomerge.evaluator.anchors import AnchoredEvaluator
@@ -40,7 +41,7 @@ def build(cfg: Any, pool, seed: int = 0, device: str = "cpu") -> list:
             unknown = sorted(set(a) - {"k", "estimator"})
             if unknown:
                 raise ValueError(f"evaluator.{name}.anchors: unknown option(s) {unknown}; expected k, estimator")
-            built = AnchoredEvaluator(built, pool, seed=seed, **a)
+            built = AnchoredEvaluator(built, seed=seed, **a)
         evaluators.append(built)
     names = [m for e in evaluators for m in e.metric_names()]
     if len(set(names)) != len(names):

@@ -17,11 +17,12 @@ each estimator's error on held-out candidates against the full score.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 ESTIMATORS = ("mean", "pirt")
 
@@ -132,7 +133,7 @@ class AnchoredEvaluator:
     """An evaluator scored on k anchor items of its fitness split, its per-item metrics estimated for the whole
     split (validation and test: in full). Configured as `evaluator.<name>.anchors: {k, estimator}`."""
 
-    def __init__(self, inner, pool, k: int = 20, estimator: str = "pirt", seed: int = 0):
+    def __init__(self, inner, k: int = 20, estimator: str = "pirt", seed: int = 0):
         if estimator not in ESTIMATORS:
             raise ValueError(f"evaluator.{inner.name}.anchors.estimator: expected one of {list(ESTIMATORS)}, "
                              f"found {estimator!r}")
@@ -141,9 +142,9 @@ class AnchoredEvaluator:
         if not hasattr(inner, "item_scores"):
             raise ValueError(f"evaluator.{inner.name}.anchors: evaluators of this kind do not report per-item "
                              "scores (jp_math and vision do)")
-        self.inner, self.pool, self.k, self.estimator, self.seed = inner, pool, k, estimator, seed
+        self.inner, self.k, self.estimator, self.seed = inner, k, estimator, seed
         self.name = inner.name
-        self.fit: AnchorFit | None = None
+        self.fit: AnchorFit | None = None  # set by calibrate(), which the Worker holding the pool calls first
 
     def metric_names(self) -> list[str]:
         return self.inner.metric_names()
@@ -154,25 +155,21 @@ class AnchoredEvaluator:
     def size(self, split: str) -> int:
         return self.inner.size(split)
 
-    def calibration_scores(self) -> dict[str, np.ndarray]:
-        """Per metric, the (models, items) scores of every pool model and the sources' plain average."""
-        model = self.pool.new_model()
-        params = model.state_dict()
-        states = [self.pool.state[n] for n in self.pool.all_names]
-        sources = [self.pool.state[n] for n in self.pool.names]
-        average = {key: (sum(s[key].float() for s in sources) / len(sources)).to(sources[0][key].dtype)
-                   if sources[0][key].is_floating_point() else sources[0][key] for key in sources[0]}
+    def calibrate(self, references: Iterable[nn.Module]) -> None:
+        """Pick the anchors and fit the estimator on the (models, items) scores of `references`: every pool model
+        and the sources' plain average (`Worker.reference_models`). Once; before any candidate is merged, since
+        the references may share the candidate's live model."""
+        if self.fit is None:
+            self.fit = AnchorFit.calibrate(self.calibration_scores(references), self.k, self.seed)
+
+    def calibration_scores(self, references: Iterable[nn.Module]) -> dict[str, np.ndarray]:
+        """Per metric, the (models, items) scores of the reference models."""
         rows: dict[str, list] = {}
         with torch.no_grad():
-            for state in [*states, average]:
-                for key, t in params.items():
-                    if key in state:
-                        t.copy_(state[key])
-                model.eval()
+            for model in references:
                 res = self.inner.evaluate(model, "fitness", None)
                 for metric, v in self.inner.item_scores(res.records).items():
                     rows.setdefault(metric, []).append(v)
-        del model
         return {m: np.stack(v) for m, v in rows.items()}
 
     def evaluate(self, model, split: str = "fitness", indices: Sequence[int] | None = None):
@@ -182,7 +179,8 @@ class AnchoredEvaluator:
             raise ValueError(f"evaluator.{self.name}.anchors: the anchors are the fitness subsample; do not combine "
                              "them with minibatches or fidelity rungs")
         if self.fit is None:
-            self.fit = AnchorFit.calibrate(self.calibration_scores(), self.k, self.seed)
+            raise RuntimeError(f"evaluator.{self.name}.anchors: not calibrated; score it through a Worker, which "
+                               "calibrates it on the pool models first")
         res = self.inner.evaluate(model, "fitness", [int(i) for i in self.fit.anchors])
         for metric, y in self.inner.item_scores(res.records).items():
             res.metrics[metric] = self.fit.estimate(metric, y, self.estimator)

@@ -5,6 +5,7 @@ apart; `serial` evaluates in this process, `ray` on long-lived Ray actors (evome
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from evomerge.executor.worker import Worker
@@ -12,6 +13,30 @@ from evomerge.registry import EXECUTORS
 
 RAY_KEYS = {"kind", "address", "num_workers", "num_cpus", "num_gpus", "device", "max_restarts",
             "startup_timeout_s", "runtime_env"}
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """The `executor:` block, checked (no Ray is started here)."""
+    kind: str = "serial"
+    address: str | None = None        # Ray: null starts Ray locally; 'auto', 'ray://HOST:PORT' or 'HOST:PORT'
+    num_workers: int | None = None    # None: as many as fit the cluster
+    num_cpus: float = 1
+    num_gpus: float = 0
+    device: str | None = None         # the workers' device (None: the run's)
+    max_restarts: int = 3
+    startup_timeout_s: float = 600
+    runtime_env: dict | None = None
+
+    @classmethod
+    def parse(cls, cfg: Any) -> ExecutorConfig:
+        if isinstance(cfg, ExecutorConfig):
+            return cfg
+        check(cfg)
+        cfg = dict(cfg or {"kind": "serial"})
+        if cfg["kind"] == "serial":
+            return cls()
+        return cls(**{k: v for k, v in cfg.items() if k in RAY_KEYS})
 
 
 def check(cfg: Any) -> None:
@@ -54,36 +79,33 @@ def check(cfg: Any) -> None:
         raise ValueError(f"executor.runtime_env: expected a mapping (Ray runtime_env) or null, found {env!r}")
 
 
-def connect(cfg: Any) -> None:
+def connect(cfg: ExecutorConfig | Any) -> None:
     """For executor=ray, connect to (or start) Ray now, before any model is loaded, so that a wrong
     executor.address, or workers that cannot fit, fail in seconds. The executor built later reuses the connection."""
-    cfg = dict(cfg or {"kind": "serial"})
-    if cfg.get("kind") == "ray":
+    ec = ExecutorConfig.parse(cfg)
+    if ec.kind == "ray":
         from evomerge.executor import ray as ray_executor
 
-        ray_executor.connect(cfg.get("address"), cfg.get("runtime_env"))
-        ray_executor.count_workers(cfg.get("address"), cfg.get("num_workers"), cfg.get("num_cpus", 1),
-                                   cfg.get("num_gpus", 0))
+        ray_executor.connect(ec.address, ec.runtime_env)
+        ray_executor.count_workers(ec.address, ec.num_workers, ec.num_cpus, ec.num_gpus)
 
 
 def make_worker(evaluator_cfg: Any, seed: int, keep_records: bool, pool, device: str) -> Worker:
     """Build a Worker the way run.py builds its own: same evaluators, same seed, hence the same metrics."""
     from evomerge import evaluator as evaluators_pkg
 
-    return Worker(pool, evaluators_pkg.build(evaluator_cfg, pool, seed=seed, device=device), keep_records)
+    return Worker(pool, evaluators_pkg.build(evaluator_cfg, pool.tokenizer, seed=seed, device=device), keep_records)
 
 
-def build(cfg: dict, worker: Worker, pool):
-    """The executor chosen by `cfg["executor"]`; `worker` is the driver's own Worker (serial uses it as is)."""
-    ex = dict(cfg.get("executor") or {"kind": "serial"})
-    check(ex)
-    executor = EXECUTORS.get(ex["kind"], "executor.kind")
-    if ex["kind"] == "serial":
+def build(cfg: ExecutorConfig | Any, worker: Worker, pool, evaluator_cfg: Any = None, seed: int = 0,
+          device: str = "cpu"):
+    """The executor `cfg` names; `worker` is the driver's own Worker (serial uses it as is). Ray actors build their
+    own Worker each from `evaluator_cfg` and `seed`, as the driver built its own."""
+    ec = ExecutorConfig.parse(cfg)
+    executor = EXECUTORS.get(ec.kind, "executor.kind")
+    if ec.kind == "serial":
         return executor(worker)
-    factory = functools.partial(make_worker, cfg["evaluator"], int(cfg.get("seed", 0)), worker.keep_records)
-    return executor(
-        pool, factory, device=ex.get("device") or cfg.get("device", "cpu"), address=ex.get("address"),
-        num_workers=ex.get("num_workers"), num_cpus=ex.get("num_cpus", 1), num_gpus=ex.get("num_gpus", 0),
-        max_restarts=ex.get("max_restarts", 3), startup_timeout_s=ex.get("startup_timeout_s", 600),
-        runtime_env=ex.get("runtime_env"),
-    )
+    factory = functools.partial(make_worker, evaluator_cfg, seed, worker.keep_records)
+    return executor(pool, factory, device=ec.device or device, address=ec.address, num_workers=ec.num_workers,
+                    num_cpus=ec.num_cpus, num_gpus=ec.num_gpus, max_restarts=ec.max_restarts,
+                    startup_timeout_s=ec.startup_timeout_s, runtime_env=ec.runtime_env)

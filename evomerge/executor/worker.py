@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from evomerge.evaluator.anchors import AnchoredEvaluator
 from evomerge.merge.merger import Merger
 from evomerge.recipe import Recipe
 
@@ -27,7 +28,25 @@ class Worker:
         self.pool, self.evaluators, self.keep_records = pool, evaluators, keep_records
         self.merger = Merger(pool)
 
+    def calibrate(self) -> None:
+        """Calibrate anchor-item evaluators on the models this worker holds, once, before any candidate is merged
+        into the live model (the references overwrite it)."""
+        for ev in self.evaluators:
+            if isinstance(ev, AnchoredEvaluator) and ev.fit is None:
+                ev.calibrate(self.reference_models())
+
+    def reference_models(self) -> Iterator[Any]:
+        """Every pool model unchanged (base and sources, in `pool.all_names` order), then the sources' plain
+        average: the models anchor items are calibrated on. Each is the one merged model, overwritten."""
+        from evomerge.final import average_recipe
+
+        for name in self.pool.all_names:
+            yield self._load(name)
+        yield self.merger.apply(average_recipe(self.pool))
+
     def evaluate(self, recipe: Recipe, split: str = "fitness", indices: Sequence[int] | None = None) -> Outcome:
+        if split == "fitness":
+            self.calibrate()
         t0 = time.perf_counter()
         try:
             model = self.merger.apply(recipe)
@@ -38,11 +57,17 @@ class Worker:
 
     def evaluate_model(self, name: str, split: str) -> Outcome:
         """Score one pool model unchanged (base or a source), as a reference row."""
+        if split == "fitness":
+            self.calibrate()
         t0 = time.perf_counter()
+        return self.score(self._load(name), split, None, t0)
+
+    def _load(self, name: str) -> Any:
         model = self.merger.model
         for key, target in self.merger.targets.items():
             target.data.copy_(self.pool.state[name][key])
-        return self.score(model, split, None, t0)
+        model.eval()
+        return model
 
     def score(self, model: Any, split: str, indices, t0: float) -> Outcome:
         if hasattr(model, "eval"):

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evomerge.merge.tensor_plan import merge_tensor
+from evomerge.merge.tensor_plan import head_tensors, merge_tensor, path_plan
 from evomerge.models.pool import ModelPool
 from evomerge.recipe import SCALE_AT, Recipe
 
@@ -104,12 +104,6 @@ def fold_factors(arch, recipe: Recipe) -> tuple[float, dict[int, float]] | None:
     return scales[0], {k - 1: s for k, s in enumerate(scales) if k > 0 and s != 1.0}
 
 
-def is_mlp_out(arch, name: str) -> bool:
-    """Whether a layer tensor belongs to the MLP output projection (weight or bias)."""
-    i = arch.layer_of(name)
-    return i is not None and name[len(arch.layer_key(i)):].rpartition(".")[0] == arch.mlp_out
-
-
 def _layers_attr(layer_prefix: str) -> str:
     """'model.layers.{i}.' -> 'model.layers' (where the ModuleList of decoder layers lives)."""
     return layer_prefix.split(".{i}")[0]
@@ -146,11 +140,6 @@ def non_layer_tensors(pool: ModelPool, recipe: Recipe) -> dict[str, torch.Tensor
     if recipe.head_from is not None:
         out.update({n: pool.state[recipe.head_from][n] for n in head_tensors(pool.arch) if n in out})
     return out
-
-
-def head_tensors(arch) -> tuple[str, ...]:
-    """The non-layer tensors after the last decoder layer: final norm and head."""
-    return tuple(arch.final_norm) + tuple(arch.head)
 
 
 class PathModelBuilder:
@@ -227,26 +216,17 @@ class PathModelBuilder:
 
 
 def unrolled_state_dict(pool: ModelPool, recipe: Recipe) -> dict[str, torch.Tensor]:
-    """The stock state dict of the path model: decoder layer k holds a copy of hop k's source layer, with the
-    `mlp_output` scales folded in (`fold_factors`; the caller checks that they fold)."""
+    """The stock state dict of the path model, from the export's own plan (tensor_plan.path_plan): decoder layer k
+    holds a copy of hop k's source layer, with the `mlp_output` scales folded in (`fold_factors`; the caller checks
+    that they fold); the non-layer tensors follow the recipe's default rule (`non_layer_tensors`)."""
     check_path(pool, recipe)
     arch = pool.arch
-    embed_factor, mlp_factors = fold_factors(arch, recipe) or (1.0, {})
-    out = {n: t.detach().clone().contiguous() for n, t in non_layer_tensors(pool, recipe).items()}
-    if embed_factor != 1.0:
-        for head, owner in arch.tied.items():
-            if owner in out:
-                out.setdefault(head, out[owner].clone())  # untied: the head keeps the unscaled embeddings
-        for name in arch.embed:
-            if name in out:
-                out[name] = out[name] * embed_factor
-    for k, hop in enumerate(recipe.path):
-        for name, t in pool.state[hop.model].items():
-            if arch.layer_of(name) == hop.layer:
-                t = t.detach().clone().contiguous()
-                if k in mlp_factors and is_mlp_out(arch, name):
-                    t = t * mlp_factors[k]
-                out[arch.rename_layer(name, k)] = t
+    non_layer = non_layer_tensors(pool, recipe)
+    out = {}
+    for p in path_plan(recipe, arch, lambda m: pool.state[m].keys(), fold_factors(arch, recipe) or (1.0, {})):
+        t = non_layer[p.source] if arch.layer_of(p.source) is None else pool.state[p.model][p.source]
+        t = t.detach().clone().contiguous()
+        out[p.out] = t * p.factor if p.factor != 1.0 else t
     return out
 
 

@@ -23,10 +23,9 @@ import yaml
 
 from evomerge.dtypes import DTYPES
 from evomerge.merge import kernels
-from evomerge.merge.dataflow import fold_factors, head_tensors, is_mlp_out
-from evomerge.merge.kernels import all_finite
+from evomerge.merge.dataflow import fold_factors
 from evomerge.merge.mergekit import MergeJob, NotExpressible, from_mergekit, recipe_to_mergekit
-from evomerge.merge.tensor_plan import MergeError, plan_tensor, run_method
+from evomerge.merge.tensor_plan import MergeError, merged_value, path_plan, plan_tensor
 from evomerge.models.arch import ArchMap, arch_for
 from evomerge.models.checks import check_compatible, vocab_tensor_names
 from evomerge.models.lazy import LazyCheckpoint
@@ -280,7 +279,7 @@ def export(job: MergeJob, out_dir: str | Path, device: str = "cpu", seed: int | 
         if recipe.default is not None:
             raise ExportError("streaming export of a path recipe takes non-layer tensors from models[0]; a default "
                               "merge rule on a path is handled by evomerge.merge.dataflow (use the in-memory export)")
-        plan = _path_plan(recipe, ckpts, arch, folds)
+        plan = path_plan(recipe, arch, lambda m: ckpts[m].names, folds)
         untie = folds[0] != 1.0 and bool(ref.config.get("tie_word_embeddings"))
     else:
         for m in names:
@@ -341,46 +340,16 @@ def _merge_one(recipe, arch, ckpts, name, compute_dtype, device, rows: int | Non
                vocab_plan=None) -> torch.Tensor:
     """One output tensor from the memory-mapped inputs (`rows`: keep only the first rows, for vocab truncation;
     `vocab_plan`: lay each model's rows out in the output vocabulary first)."""
-    fallback = recipe.base or recipe.models[0]
     aligned = vocab_plan.align({m: c.get(name) for m, c in ckpts.items()}) if vocab_plan is not None else None
-    src = aligned[fallback] if aligned is not None else ckpts[fallback].get(name)
-    plan = plan_tensor(recipe, arch, name)
-    if plan is None or not src.is_floating_point():
-        return src.to(compute_dtype) if compute_dtype and src.is_floating_point() else src
-    method, kwargs = plan
 
-    def load(m):
+    def fetch(m):
         t = aligned[m] if aligned is not None else ckpts[m].get(name)
+        if not t.is_floating_point():
+            return t
         t = (t[:rows] if rows is not None else t).to(device)
         return t.to(compute_dtype) if compute_dtype else t
 
-    base = load(recipe.base) if recipe.base else None
-    tensors = [load(m) for m in recipe.models]
-    out = run_method(method, kwargs, base, tensors, recipe.seed, name)
-    if out.is_floating_point() and not all_finite(out):
-        raise MergeError(f"merged tensor {name} has NaN/Inf values")
-    return out
-
-
-def _path_plan(recipe: Recipe, ckpts, arch: ArchMap, folds) -> list[tuple[str, str, str, float]]:
-    """(output name, input name, source model, factor) for a stacked-layer path: non-layer tensors from models[0]
-    (final norm and head from `recipe.head_from` when set);
-    `folds` (evomerge.merge.dataflow.fold_factors) puts the `mlp_output` hop scales into the weights."""
-    embed_factor, mlp_factors = folds
-    first = recipe.models[0]
-    names = ckpts[first].names
-    head = set(head_tensors(arch)) if recipe.head_from else set()
-    plan = [(n, n, recipe.head_from if n in head else first, embed_factor if n in arch.embed else 1.0)
-            for n in names if arch.layer_of(n) is None]
-    if embed_factor != 1.0:  # a tied head keeps the unscaled embeddings, written untied
-        plan += [(head, owner, first, 1.0) for head, owner in arch.tied.items() if head not in names and owner in names]
-    for k, hop in enumerate(recipe.path):
-        for n in ckpts[hop.model].names:
-            if arch.layer_of(n) == hop.layer:
-                factor = mlp_factors.get(k, 1.0) if is_mlp_out(arch, n) else 1.0
-                factor *= hop.weight_scale.get(n[len(arch.layer_key(hop.layer)):], 1.0)  # mergekit's slice `scale`
-                plan.append((arch.rename_layer(n, k), n, hop.model, factor))
-    return plan
+    return merged_value(recipe, arch, name, fetch)
 
 
 def _export_scaled_path(job: MergeJob, out_dir: Path, device: str, trust_remote_code: bool,

@@ -14,14 +14,12 @@ import torch
 from torch import nn
 
 from evomerge.merge.dataflow import PathModelBuilder
-from evomerge.merge.kernels import all_finite
 from evomerge.merge.tensor_plan import (  # noqa: F401  (MergeError and merge_tensor are part of the merger's API)
     Memo,
     MergeError,
     default_memo_bytes,
     merge_tensor,
-    run_method,
-    tensor_inputs,
+    merged_value,
 )
 from evomerge.models.pool import ModelPool
 from evomerge.recipe import Recipe
@@ -57,19 +55,9 @@ class Merger:
                 self._path_builder = PathModelBuilder(self.pool)
             return self._path_builder.apply(recipe)
         self.check(recipe)
-        fallback = self.pool.state[recipe.base or recipe.models[0]]
+        state = self.pool.state
         for name, target in self.targets.items():
-            inputs = tensor_inputs(self.pool, recipe, name, *self.where[name])
-            if inputs is None:
-                target.data.copy_(fallback[name])
-                continue
-            method, kwargs, base, tensors = inputs
-            out = run_method(method, kwargs, base, tensors, recipe.seed, name,
-                             self.memo(recipe, name) if method.memoized else None)
-            self._check(out, name)
+            out = merged_value(recipe, self.pool.arch, name, lambda m, n=name: state[m][n], self.where[name],
+                               lambda n=name: self.memo(recipe, n), self.check_finite)
             target.data.copy_(out)
         return self.model
-
-    def _check(self, out: torch.Tensor, name: str) -> None:
-        if self.check_finite and out.is_floating_point() and not all_finite(out):
-            raise MergeError(f"merged tensor {name} has NaN/Inf values")

@@ -104,9 +104,9 @@ class _Loop:
         # promotion between rungs: the optimiser's own view (weighted sum or Pareto rank)
         scalar_view = self.n_obj == 1 or getattr(optimizer, "scalarises", False)
         self.promote_weights = self.weights if scalar_view else None
-        # spaces with constraints expose constraint(x) -> violation and (optionally) n_constraints (0 = off)
-        self.constraint = getattr(space, "constraint", None) if getattr(space, "n_constraints", 1) else None
-        res = settings.cache_resolution or getattr(space, "resolution", None) or 1e-6
+        # a space declares its constraints (n_constraints, constraint(x) -> violation) and cache grid (GeneBox)
+        self.constraint = space.constraint if space.n_constraints else None
+        res = settings.cache_resolution or space.resolution or 1e-6
         self.digits = resolution_digits(float(res))
         run_dir.mkdir(parents=True, exist_ok=True)
         self.paths = {k: run_dir / f for k, f in (("log", "evaluations.jsonl"), ("ckpt", checkpoint.NAME),

@@ -26,6 +26,9 @@ class SearchSettings:
     weights: list[float] | None = None     # how 'best' is chosen among several objectives (None: equal weights)
     select_on: str = "fitness"  # fitness | validation: re-score each generation's best there once, keep the best
     select_top: int | None = None  # with select_on validation: only the select_top of those by fitness (None: all)
+    objectives: list[dict] = field(default_factory=list)  # {metric, direction}: checked against the evaluators
+    seed_population: bool = True   # start from the space's seeds (e.g. each source model)
+    final_pareto: bool | None = None  # held-out pass over the front: None with several objectives, or always/never
 
     @classmethod
     def parse(cls, search: dict, n_obj: int | None = None) -> SearchSettings:
@@ -59,7 +62,8 @@ class SearchSettings:
         return cls(budget=budget, max_consecutive_failures=mcf, minibatch=mb, resample=bool(search.get("resample")),
                    fidelity=Fidelity.parse(search.get("fidelity")), hv_ref=ref, cache=bool(search.get("cache", True)),
                    cache_resolution=None if res is None else float(res), weights=weights, select_on=select_on,
-                   select_top=top)
+                   select_top=top, objectives=list(search.get("objectives") or []),
+                   seed_population=bool(search.get("seed_population", True)), final_pareto=search.get("final_pareto"))
 
 
 def _per_objective(search: dict, key: str, n_obj: int | None, unit: str) -> list[float] | None:

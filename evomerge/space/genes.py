@@ -27,9 +27,16 @@ def category_index(v, n: int) -> int:
 
 
 class GeneBox:
-    """dim, bounds, variable types and names of a space, derived from its `genes` list (set by the space)."""
+    """dim, bounds, variable types and names of a space, derived from its `genes` list (set by the space), and the
+    rest of its declared shape: no constraints and no cache grid unless the space says otherwise."""
 
     genes: list[Gene]
+    n_constraints: int = 0
+    resolution: float | None = None  # the genome grid step the evaluation cache rounds to (None: 1e-6)
+
+    def constraint(self, x) -> float:
+        """Violation >= 0 (0: feasible); spaces with `n_constraints` > 0 override it."""
+        return 0.0
 
     def _set_bounds(self) -> None:
         self._xl = np.array([g.low for g in self.genes])

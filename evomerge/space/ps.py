@@ -71,7 +71,7 @@ class PSSpace(GeneBox):
                 get_method(name)
             except ValueError as e:  # say which key the name came from
                 raise ValueError(f"{'space.method' if cfg.get('method') else 'merge.method'}: {e}") from None
-        groups = getattr(getattr(pool, "arch", None), "groups", None)
+        groups = pool.arch.groups if pool.arch is not None else None
         if groups is not None:
             absent = [f for f in cfg.get("filters") or [] if f != "other" and f not in groups]
             if absent:

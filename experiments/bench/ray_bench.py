@@ -88,7 +88,7 @@ def bench(fitness_samples: int | None, args) -> dict:
     generations = [[space.decode(x) for x in rng.uniform(space.xl, space.xu, (popsize, space.dim))]
                    for _ in range(args.generations)]
     n_evals = popsize * args.generations
-    serial = SerialExecutor(Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool, seed=0)))
+    serial = SerialExecutor(Worker(pool, evaluators_pkg.build(cfg["evaluator"], pool.tokenizer, seed=0)))
 
     default_threads = torch.get_num_threads()
     rows: dict[str, list] = {"serial_1t": [], "serial_default": [], "ray": []}

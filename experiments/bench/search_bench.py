@@ -75,7 +75,7 @@ def load_digits(seed: int, anchors: dict | None = None):
         cfg["evaluator"][ev_name]["anchors"] = anchors
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"])
     space = space_pkg.build(cfg["space"], cfg["merge"], pool, seed=seed)
-    evaluators = evaluators_pkg.build(cfg["evaluator"], pool, seed=seed)
+    evaluators = evaluators_pkg.build(cfg["evaluator"], pool.tokenizer, seed=seed)
     return cfg, pool, space, Worker(pool, evaluators), evaluators
 
 

@@ -61,7 +61,7 @@ def paired(cfg: dict, best_recipe) -> dict:
     from evomerge.executor.worker import Worker
 
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"])
-    evs = evaluators_pkg.build(cfg["evaluator"], pool, seed=int(cfg.get("seed", 0)))
+    evs = evaluators_pkg.build(cfg["evaluator"], pool.tokenizer, seed=int(cfg.get("seed", 0)))
     worker = Worker(pool, evs, keep_records=True)
     orig = worker.evaluate_model(pool.names[0], "test")
     found = worker.evaluate(best_recipe, "test")

@@ -295,15 +295,13 @@ def test_minibatch_larger_than_the_fitness_data(cfg, tmp_path, no_loading):
 def test_vision_subsample_larger_than_the_data(base_cfg):
     """The digits evaluator's check (its data are sklearn's digits, no zoo needed). run.py builds evaluators before
     the pool, as the jp_math tests above show through run()."""
-    from types import SimpleNamespace
-
     from evomerge import evaluator as evaluators_pkg
 
     ev = copy.deepcopy(base_cfg["evaluator"])
     ev["digits"]["fitness_samples"] = 10**6
     with pytest.raises(ValueError, match=r"fitness_samples: 1000000 for task 'rot90', whose validation split has "
                                          r"\d+ items; expected 1\.\.\d+"):
-        evaluators_pkg.build(ev, SimpleNamespace(tokenizer=None))
+        evaluators_pkg.build(ev, None)
 
 
 @pytest.mark.slow
