@@ -189,7 +189,7 @@ def test_cache_hits_are_free_and_survive_restart(tmp_path):
 
 def test_identical_recipes_within_resolution_are_evaluated_once(tmp_path):
     class Dup:
-        popsize = 4
+        popsize, scalarises, weights = 4, False, None
 
         def ask(self):
             return np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.1000001, 0.2, 0.3], [0.4, 0.2, 0.3]])

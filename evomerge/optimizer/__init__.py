@@ -24,6 +24,8 @@ STANDARD = ("kind", "n_obj", "seed", "initial", "var_types", "n_constr")  # what
 
 class Optimizer(Protocol):
     popsize: int
+    scalarises: bool              # sees one weighted sum of several objectives (the loop promotes rungs by it)
+    weights: np.ndarray | None    # that weighting; None for optimisers that see the objective vector
 
     def ask(self) -> np.ndarray: ...
 

@@ -28,6 +28,7 @@ def _constraints(trial) -> list[float]:
 
 
 class OptunaOptimizer:
+    scalarises, weights = False, None  # the samplers see the objective vector
     def __init__(self, xl, xu, *, n_obj: int = 1, seed: int = 0, initial: np.ndarray | None = None,
                  var_types: list[str] | None = None, n_constr: int = 0, sampler: str = "tpe", popsize: int = 8,
                  n_startup_trials: int | None = None, options: dict | None = None):

@@ -9,6 +9,7 @@ import numpy as np
 
 
 class RandomSearch:
+    scalarises, weights = False, None  # proposals ignore the objectives
     def __init__(self, xl, xu, *, seed: int = 0, initial: np.ndarray | None = None, popsize: int = 8,
                  var_types: list[str] | None = None, n_obj: int = 1):
         if popsize < 1:

@@ -99,10 +99,10 @@ class _Loop:
         if settings.minibatch is not None:
             check_minibatch(settings.minibatch, n_fitness)
         self.n_fitness = n_fitness
-        w = settings.weights or getattr(optimizer, "weights", None)
+        w = settings.weights or optimizer.weights
         self.weights = np.asarray(w, float) if w is not None else np.full(self.n_obj, 1.0 / self.n_obj)
         # promotion between rungs: the optimiser's own view (weighted sum or Pareto rank)
-        scalar_view = self.n_obj == 1 or getattr(optimizer, "scalarises", False)
+        scalar_view = self.n_obj == 1 or optimizer.scalarises
         self.promote_weights = self.weights if scalar_view else None
         # a space declares its constraints (n_constraints, constraint(x) -> violation) and cache grid (GeneBox)
         self.constraint = space.constraint if space.n_constraints else None

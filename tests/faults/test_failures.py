@@ -28,6 +28,7 @@ def worker_space(digits_zoo):
 
 class Scripted:
     """Proposes the given genomes, one generation at a time."""
+    scalarises, weights = False, None
 
     def __init__(self, generations):
         self.generations, self.told = list(generations), []
