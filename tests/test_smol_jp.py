@@ -47,3 +47,24 @@ def test_tiny_zoo_and_one_search_through_the_cli(tmp_path, monkeypatch):
     spec = json.loads((root / "zoo.json").read_text())
     assert spec["spec"]["steps"] == 2 and spec["environment"]["packages"]["torch"] == torch.__version__
     assert (root / "data" / "ja_math" / "test.jsonl").exists() and (out / "best_model" / "config.json").exists()
+
+
+def test_dfs_config_starts_from_maths_own_path():
+    """experiment=smol_jp_dfs: 60 include genes (math's 30 layers, then ja's), and its x0 decodes to math's own
+    path, so the search starts from the skill expert and swaps in ja's layers from there."""
+    import numpy as np
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from evomerge import space as space_pkg
+
+    with initialize_config_module("evomerge.conf", version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=smol_jp_dfs"]), resolve=True)
+    shape = space_pkg.PoolShape(names=["ja", "math"], base_name="base", num_layers=30,
+                                state={"base": {}, "ja": {}, "math": {}})
+    space = space_pkg.build(cfg["space"], cfg["merge"], shape, seed=0)
+    assert space.dim == 60 and len(cfg["optimizer"]["x0"]) == 60
+    x0 = space.xl + np.asarray(cfg["optimizer"]["x0"]) * (space.xu - space.xl)  # CMA-ES's unit cube -> genes
+    path = space.decode(x0).path
+    assert [(h.model, h.layer) for h in path] == [("math", k) for k in range(30)]
+    assert list(space.seeds()) and cfg["search"]["objectives"][0]["metric"] == "jp_math/acc_ja"

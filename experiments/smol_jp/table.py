@@ -30,7 +30,8 @@ TIES_GRID = [(lam, d) for lam in (0.75, 1.0, 1.5) for d in (0.3, 0.7)]  # (lambd
 # search name -> (experiment config, row label)
 SEARCHES = {"ps": ("smol_jp", "evolved PS (CMA-ES, target only)"),
             "graded": ("smol_jp_graded", "evolved PS (CMA-ES, graded fitness)"),
-            "nsga2": ("smol_jp_nsga2", "evolved PS (NSGA-II, 3 objectives)")}
+            "nsga2": ("smol_jp_nsga2", "evolved PS (NSGA-II, 3 objectives)"),
+            "dfs": ("smol_jp_dfs", "evolved DFS (CMA-ES, graded fitness)")}
 
 
 def compose(overrides: list[str], experiment: str = "smol_jp") -> dict:
