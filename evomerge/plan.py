@@ -1,4 +1,5 @@
-"""What a run will do, before it does it: `describe(cfg)` for `dry_run=true`, `preflight(cfg)` before any loading.
+"""What a run will do, before it does it: `describe(rc)` for `dry_run=true`, `preflight(rc)` before any loading
+(`rc`: the parsed RunConfig).
 
 Both read only config files and small metadata (config.json, file existence, the local Hugging Face caches): no
 weights are loaded, so a paper-scale experiment can be inspected on a laptop, and a missing model or dataset is
@@ -10,11 +11,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evomerge.models.lazy import read_config
 from evomerge.models.pool import is_hub_id
 from evomerge.offline import hub_offline
+
+if TYPE_CHECKING:
+    from evomerge.config import RunConfig
+    from evomerge.models import ModelsConfig
 
 DATA_KEYS = ("fitness", "validation", "test")
 
@@ -52,41 +57,39 @@ def dataset_status(src: Any) -> str:
     return "missing (hub offline)" if hub_offline() else "hub"
 
 
-def _specs(models_cfg: dict) -> list[tuple[str, str, str]]:
+def _specs(mc: ModelsConfig) -> list[tuple[str, str, str]]:
     """(where, name, path) of each model; a LoRA source's path is mergekit's BASE+ADAPTER."""
-    base = models_cfg.get("base")
-    out = [("models.base", base["name"], base["path"])] if base else []
-    for i, s in enumerate(models_cfg["sources"]):
-        path = s.get("path") or (base or {}).get("path")
-        out.append((f"models.sources[{i}]", s["name"], f"{path}+{s['lora']}" if s.get("lora") else path))
+    out = [("models.base", mc.base.name, mc.base.path)] if mc.base else []
+    for i, s in enumerate(mc.sources):
+        out.append((f"models.sources[{i}]", s.name, f"{s.path}+{s.lora}" if s.lora else s.path))
     return out
 
 
-def _data_sources(cfg: dict) -> list[tuple[str, Any]]:
+def _data_sources(evaluators: dict) -> list[tuple[str, Any]]:
     out = []
-    for name, ev in (cfg.get("evaluator") or {}).items():
+    for name, ev in evaluators.items():
         for key in DATA_KEYS:
             if isinstance(ev, dict) and ev.get(key) is not None:
                 out.append((f"evaluator.{name}.{key}", ev[key]))
     return out
 
 
-def preflight(cfg: dict) -> None:
+def preflight(rc: RunConfig) -> None:
     """Fail fast with one message naming every missing model and dataset, before anything is loaded.
 
     Zoo experiments are skipped: their models and data files are written when the zoo is built.
     """
-    if (cfg.get("models") or {}).get("zoo"):
+    if rc.models.zoo:
         return
     from evomerge.models.pool import ModelSpec, check_exists
 
     problems = []
-    for where, name, path in _specs(cfg["models"]):
+    for where, name, path in _specs(rc.models):
         try:
             check_exists(ModelSpec(name, path), where)
         except FileNotFoundError as e:
             problems.append(str(e))
-    for where, src in _data_sources(cfg):
+    for where, src in _data_sources(rc.evaluator):
         status = dataset_status(src)
         if status.startswith("missing"):
             path = src.get("path") if isinstance(src, dict) else src
@@ -100,12 +103,13 @@ def preflight(cfg: dict) -> None:
         raise FileNotFoundError(f"{len(problems)} input(s) missing, nothing was loaded:\n  - " + "\n  - ".join(problems))
 
 
-def _genome(cfg: dict, names: list[str], base: str | None, num_layers: int) -> int:
+def _genome(rc: RunConfig, num_layers: int) -> int:
     from evomerge import space as space_pkg
 
-    recipe_models = list((cfg.get("space") or {}).get("recipe_models") or {})
-    pool = space_pkg.PoolShape(names, base, num_layers, {n: {} for n in names + ([base] if base else []) + recipe_models})
-    return space_pkg.build(cfg["space"], cfg["merge"], pool, seed=int(cfg.get("seed", 0))).dim
+    names, base = [s.name for s in rc.models.sources], rc.models.base.name if rc.models.base else None
+    recipe_models = list(rc.space.get("recipe_models") or {})
+    pool = space_pkg.PoolShape(names, base, num_layers, {n: {} for n in rc.models.names + recipe_models})
+    return space_pkg.build(rc.space, rc.merge, pool, seed=rc.seed).dim
 
 
 def _layers(mcfg: dict | None) -> int | None:
@@ -113,77 +117,72 @@ def _layers(mcfg: dict | None) -> int | None:
     return int(n) if n else None
 
 
-def planned_depth(cfg: dict, layers: set[int] | None = None) -> int | None:
+def planned_depth(mc: ModelsConfig, layers: set[int] | None = None) -> int | None:
     """The models' layer count from config.json files (`layers`, when the caller has read them) or the zoo's plan,
     None when unknown without loading."""
-    models_cfg = cfg["models"]
     if layers is None:
-        layers = {n for _, _, path in _specs(models_cfg) if (n := _layers(model_config(path)[1]))}
-    num_layers = next(iter(layers)) if len(layers) == 1 else models_cfg.get("num_layers")
-    if num_layers is None and models_cfg.get("zoo"):
+        layers = {n for _, _, path in _specs(mc) if (n := _layers(model_config(path)[1]))}
+    num_layers = next(iter(layers)) if len(layers) == 1 else mc.num_layers
+    if num_layers is None and mc.zoo:
         from evomerge.zoo import planned_layers
 
-        num_layers = planned_layers(models_cfg["zoo"], **dict(models_cfg.get("zoo_options") or {}))
+        num_layers = planned_layers(mc.zoo, **mc.zoo_options)
     return None if num_layers is None else int(num_layers)
 
 
-def check_space(cfg: dict) -> None:
+def check_space(rc: RunConfig) -> None:
     """Build the search space on a stand-in pool (names and depth only): a method that needs a missing base, a DFS
     cap below the fixed layers or bad bounds fail here, before any weights are loaded."""
-    num_layers = planned_depth(cfg)
+    num_layers = planned_depth(rc.models)
     if num_layers is not None:
-        models_cfg = cfg["models"]
-        _genome(cfg, [s["name"] for s in models_cfg["sources"]],
-                models_cfg["base"]["name"] if models_cfg.get("base") else None, num_layers)
+        _genome(rc, num_layers)
 
 
-def describe(cfg: dict) -> str:
+def describe(rc: RunConfig) -> str:
     """The resolved plan as text: models (and where they are), genome size, optimiser, budget, data."""
-    models_cfg = cfg["models"]
+    mc = rc.models
     lines = ["Plan (dry run: no weights loaded)", "", "models:"]
     layers = set()
-    for where, name, path in _specs(models_cfg):
+    for where, name, path in _specs(mc):
         status, mcfg = model_config(path)
         n = _layers(mcfg)
         if n:
             layers.add(n)
         lines.append(f"  {where:<16} {name:<12} {path}  [{status}{f', {n} layers' if n else ''}]")
-    if models_cfg.get("zoo"):
-        folder = Path(cfg["paths"]["zoo"]) / (models_cfg.get("zoo_dir") or models_cfg["zoo"])
-        lines.append(f"  (zoo '{models_cfg['zoo']}' is built under {folder} on first use)")
-    names = [s["name"] for s in models_cfg["sources"]]
-    base = models_cfg["base"]["name"] if models_cfg.get("base") else None
-    num_layers = planned_depth(cfg, layers)
-    space = cfg["space"]
+    if mc.zoo:
+        folder = Path(mc.zoo_root) / (mc.zoo_dir or mc.zoo)
+        lines.append(f"  (zoo '{mc.zoo}' is built under {folder} on first use)")
+    num_layers = planned_depth(mc, layers)
+    space = rc.space
     if num_layers is not None:
-        dim, depth = _genome(cfg, names, base, int(num_layers)), f"{num_layers} layers"
+        dim, depth = _genome(rc, int(num_layers)), f"{num_layers} layers"
     else:  # the genome may not depend on depth (one gene group for the whole model)
-        d1, d2 = _genome(cfg, names, base, 2), _genome(cfg, names, base, 4)
+        d1, d2 = _genome(rc, 2), _genome(rc, 4)
         dim, depth = (d1, "independent of depth") if d1 == d2 else (None, "unknown: no config.json available")
-    method = space.get("method") or cfg["merge"]["method"]
+    method = space.get("method") or rc.merge["method"]
     lines += ["", f"space:      {space['kind']} ({method if space['kind'] == 'ps' else 'layer path'}), genome "
                   f"{dim if dim is not None else '?'} genes ({depth})"]
-    opt = cfg["optimizer"]
+    opt = rc.optimizer
     pop = opt.get("popsize")
     if pop is None and opt["kind"] == "cmaes" and dim:
         pop = 4 + int(3 * math.log(dim))
-    budget = int(cfg["search"]["budget"])
+    budget = rc.search.budget
     gens = math.ceil(budget / pop) if pop else None
     lines.append(f"optimizer:  {opt['kind']} popsize {pop if pop else '?'}"
                  + (f", x0 {opt.get('x0')}, sigma0 {opt.get('sigma0')}" if opt["kind"] == "cmaes" else ""))
-    objectives = ", ".join(f"{o['direction']} {o['metric']}" for o in cfg["search"]["objectives"])
+    objectives = ", ".join(f"{o['direction']} {o['metric']}" for o in rc.search.objectives)
     lines.append(f"budget:     {budget} evaluations (~{gens if gens else '?'} generations); objectives: {objectives}")
-    per_eval = cfg["search"].get("minibatch")
+    per_eval = rc.search.minibatch
     if not per_eval:
-        per_eval = next((ev.get("fitness_samples") for ev in (cfg.get("evaluator") or {}).values()
+        per_eval = next((ev.get("fitness_samples") for ev in rc.evaluator.values()
                          if isinstance(ev, dict) and ev.get("fitness_samples")), None)
     lines.append(f"estimate:   {budget} merges; {f'{budget * per_eval:,} fitness items' if per_eval else 'budget x all fitness items'}"
-                 f" (per evaluator), plus the held-out `{cfg.get('final_split', 'test')}` table "
-                 f"({len(names) + (1 if base else 0) + 2} models)")
+                 f" (per evaluator), plus the held-out `{rc.final_split}` table "
+                 f"({len(mc.names) + 2} models)")
     lines += ["", "data:"]
-    for where, src in _data_sources(cfg):
+    for where, src in _data_sources(rc.evaluator):
         path = src.get("path") if isinstance(src, dict) else src
-        status = "written with the zoo" if models_cfg.get("zoo") else dataset_status(src)
+        status = "written with the zoo" if mc.zoo else dataset_status(src)
         lines.append(f"  {where:<28} {path}  [{status}]")
     missing = [line for line in lines if "missing" in line]
     lines += ["", f"{len(missing)} model(s)/dataset(s) missing: point their paths at local copies (see above)."

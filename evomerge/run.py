@@ -41,15 +41,15 @@ def run(cfg: dict[str, Any], run_dir: str | Path, record=None) -> dict:
     config record there, so a refused run leaves the directory as it was.
     """
     rc = config.parse(cfg)  # the dict stops here: below, the steps get typed parts of `rc`
-    from evomerge.plan import check_space, describe, preflight  # the plan reads the config as written
+    from evomerge.plan import check_space, describe, preflight
 
     if rc.dry_run:  # the plan only: no weights, no zoo building, no run directory content
-        text = describe(cfg)
+        text = describe(rc)
         print(text)
-        preflight(cfg)  # a plan with missing inputs is a failed dry run (exit status 2), not a success
+        preflight(rc)  # a plan with missing inputs is a failed dry run (exit status 2), not a success
         return {"dry_run": True, "plan": text}
-    preflight(cfg)  # missing models and datasets fail here, in seconds, before anything is loaded
-    check_space(cfg)  # space settings (a method without its base, a DFS cap below the fixed layers), no weights
+    preflight(rc)  # missing models and datasets fail here, in seconds, before anything is loaded
+    check_space(rc)  # space settings (a method without its base, a DFS cap below the fixed layers), no weights
     executor_pkg.connect(rc.executor)  # executor=ray: a wrong cluster address fails here too
     if isinstance(rc.resume, str):
         run_dir = Path(rc.resume).expanduser()

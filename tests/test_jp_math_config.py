@@ -80,11 +80,12 @@ def test_local_copies_pass_the_check(tiny_llamas, tmp_path, capsys):
     run(compose("experiment=jp_math", "dry_run=true", *local), tmp_path / "run")
     text = capsys.readouterr().out
     assert "everything the run needs is available" in text and "4 layers" in text
+    from evomerge.config import parse
     from evomerge.plan import preflight
 
-    preflight(compose("experiment=jp_math", *local))  # no error: all inputs exist
+    preflight(parse(compose("experiment=jp_math", *local)))  # no error: all inputs exist
     with pytest.raises(FileNotFoundError, match=r"evaluator\.jp_math\.test: dataset .*nope\.jsonl.* does not exist"):
-        preflight(compose("experiment=jp_math", *local[:-1], f"evaluator.jp_math.test={tmp_path / 'nope.jsonl'}"))
+        preflight(parse(compose("experiment=jp_math", *local[:-1], f"evaluator.jp_math.test={tmp_path / 'nope.jsonl'}")))
 
 
 @pytest.mark.parametrize("stage", ["jp_math_dfs", "jp_math_psdfs"])
