@@ -199,8 +199,9 @@ def main(argv=None) -> int:
             verdicts.append(f"- minus {other}: {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points: "
                             + ("**better**" if lo > 0 else "worse" if hi < 0 else "not distinguishable"))
     if pareto_dirs:
-        n_front = pareto_plot(pareto_dirs, Path(args.out).with_name("pareto.png"))
-        verdicts += ["", f"Pareto plot: `{Path(args.out).with_name('pareto.png')}` ({n_front} front members of the "
+        png = Path(args.out).with_name(Path(args.out).stem + "_pareto.png")  # beside the table, named after it
+        n_front = pareto_plot(pareto_dirs, png)
+        verdicts += ["", f"Pareto plot: `{png}` ({n_front} front members of the "
                      "NSGA-II runs, each scored once on the test split; never used for selection)."]
     cost = all_cost
     merge_s, eval_s = np.median([c[0] for c in cost]), np.median([c[1] for c in cost])
