@@ -21,6 +21,7 @@ import numpy as np
 
 from evomerge.offline import set_offline_env
 from evomerge.results import bootstrap_mean, paired_bootstrap, provenance, save
+from evomerge.store import atomic_write_text
 
 TARGET = "jp_math/acc_ja"
 COLUMNS = [("jp_math/acc_ja", "target (JA math, JA answer)"), ("jp_math/acc", "right number"),
@@ -110,18 +111,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(cfg.get("threads") or 2))
     pool = models_pkg.build(cfg["models"], cfg["paths"]["zoo"])
     worker = make_worker(cfg["evaluator"], 0, True, pool, "cpu")
-    pre = preconditions_pkg.measure(worker, preconditions_pkg.parse(cfg.get("preconditions")))
-    print(preconditions_pkg.format_results(pre), flush=True)
-
-    rows: dict[str, dict] = {}
-    vec: dict[str, np.ndarray] = {}
-    for name in pool.all_names:
-        label = name if name != pool.base_name else f"{name} (base)"
-        out = worker.evaluate_model(name, "test")
-        rows[label], vec[label] = out.metrics, items(out, label)
-    out = worker.evaluate(average_recipe(pool), "test")
-    rows["plain average"], vec["plain average"] = out.metrics, items(out, "plain average")
-
     experts = list(pool.names)
 
     def ta(lj, lm):
@@ -132,16 +121,47 @@ def main(argv=None) -> int:
         return Recipe(models=experts, base=pool.base_name, default=Rule(
             "ties", per_model={"weight": [1.0, 1.0], "density": [d, d]}, params={"lambda": lam}))
 
-    t_grid = time.perf_counter()
-    (lj, lm), ta_val = tuned(worker, [(a, b) for a in TA_GRID for b in TA_GRID], ta)
-    (lam, dens), ties_val = tuned(worker, TIES_GRID, ties)
-    t_grid = time.perf_counter() - t_grid
-    for label, recipe in ((f"task arithmetic (lambda ja {lj:g}, math {lm:g}, tuned on validation)", ta(lj, lm)),
-                          (f"TIES (lambda {lam:g}, density {dens:g}, tuned on validation)", ties(lam, dens))):
-        out = worker.evaluate(recipe, "test")
-        rows[label], vec[label] = out.metrics, items(out, label)
-    print(f"baselines tuned in {t_grid:.0f} s: TA {lj}, {lm} (validation {ta_val[(lj, lm)]:.3f}); TIES {lam}, "
-          f"{dens} (validation {ties_val[(lam, dens)]:.3f})", flush=True)
+    def references() -> dict:
+        """Preconditions, the source/average rows and the tuned baselines (each with its per-item test vector)."""
+        pre = preconditions_pkg.measure(worker, preconditions_pkg.parse(cfg.get("preconditions")))
+        print(preconditions_pkg.format_results(pre), flush=True)
+        rows, vec = {}, {}
+        for name in pool.all_names:
+            label = name if name != pool.base_name else f"{name} (base)"
+            out = worker.evaluate_model(name, "test")
+            rows[label], vec[label] = out.metrics, items(out, label).tolist()
+        out = worker.evaluate(average_recipe(pool), "test")
+        rows["plain average"], vec["plain average"] = out.metrics, items(out, "plain average").tolist()
+        t_grid = time.perf_counter()
+        (lj, lm), ta_val = tuned(worker, [(a, b) for a in TA_GRID for b in TA_GRID], ta)
+        (lam, dens), ties_val = tuned(worker, TIES_GRID, ties)
+        t_grid = time.perf_counter() - t_grid
+        for label, recipe in ((f"task arithmetic (lambda ja {lj:g}, math {lm:g}, tuned on validation)", ta(lj, lm)),
+                              (f"TIES (lambda {lam:g}, density {dens:g}, tuned on validation)", ties(lam, dens))):
+            out = worker.evaluate(recipe, "test")
+            rows[label], vec[label] = out.metrics, items(out, label).tolist()
+        print(f"baselines tuned in {t_grid:.0f} s: TA {lj}, {lm} (validation {ta_val[(lj, lm)]:.3f}); TIES {lam}, "
+              f"{dens} (validation {ties_val[(lam, dens)]:.3f})", flush=True)
+        return {"preconditions": pre, "rows": rows, "vec": vec,
+                "ta_validation": {f"{a},{b}": v for (a, b), v in ta_val.items()},
+                "ties_validation": {f"{a},{b}": v for (a, b), v in ties_val.items()}}
+
+    # The reference rows do not depend on the searches: they are kept in <runs>/references.json, keyed by the
+    # models, evaluators and grids, so that a table extended by more searches later does not score them again.
+    key = {"models": cfg["models"], "evaluator": cfg["evaluator"], "preconditions": cfg.get("preconditions"),
+           "ta_grid": TA_GRID, "ties_grid": TIES_GRID}
+    cache = runs / "references.json"
+    cached = json.loads(cache.read_text()) if cache.exists() else None
+    if cached is not None and cached.get("key") == json.loads(json.dumps(key)):
+        ref = cached["references"]
+        print(f"reference rows reused from {cache}", flush=True)
+    else:
+        ref = references()
+        runs.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps({"key": key, "references": ref}))
+    pre, rows = ref["preconditions"], ref["rows"]
+    vec = {label: np.asarray(v, float) for label, v in ref["vec"].items()}
+    ta_val, ties_val = ref["ta_validation"], ref["ties_validation"]
 
     def search(name: str):
         """Each seed's run of search `name` (reused when finished, resumed when interrupted): its held-out
@@ -221,9 +241,8 @@ def main(argv=None) -> int:
         f"{100 * merge_s / eval_s:.0f}% of the cost."])
     print(text)
     numbers |= {f"precondition {p['model']} {p['metric']} ({p['split']})": p["value"] for p in pre}
-    save(args.out, text, numbers, facts | {"seeds": seeds, "preconditions": pre, "ta_validation":
-                                           {f"{a},{b}": v for (a, b), v in ta_val.items()},
-                                           "ties_validation": {f"{a},{b}": v for (a, b), v in ties_val.items()}})
+    save(args.out, text, numbers, facts | {"seeds": seeds, "preconditions": pre, "ta_validation": ta_val,
+                                           "ties_validation": ties_val})
     return 0
 
 
