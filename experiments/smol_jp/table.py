@@ -32,7 +32,9 @@ TIES_GRID = [(lam, d) for lam in (0.75, 1.0, 1.5) for d in (0.3, 0.7)]  # (lambd
 SEARCHES = {"ps": ("smol_jp", "evolved PS (CMA-ES, target only)"),
             "graded": ("smol_jp_graded", "evolved PS (CMA-ES, graded fitness)"),
             "nsga2": ("smol_jp_nsga2", "evolved PS (NSGA-II, 3 objectives)"),
-            "dfs": ("smol_jp_dfs", "evolved DFS (CMA-ES, graded fitness)")}
+            "dfs": ("smol_jp_dfs", "evolved DFS (CMA-ES, graded fitness)"),
+            "psdfs": ("smol_jp_psdfs", "evolved PS+DFS (CMA-ES, graded fitness)")}
+STAGE1 = {"psdfs": "ps"}  # a two-stage search -> the search whose best recipe (same seed) is its model `ps`
 
 
 def compose(overrides: list[str], experiment: str = "smol_jp") -> dict:
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
     from evomerge import preconditions as preconditions_pkg
     from evomerge.executor import make_worker
     from evomerge.final import average_recipe
+    from evomerge.load import add_recipe_model
     from evomerge.recipe import Recipe, Rule
     from evomerge.run import run
 
@@ -171,7 +174,16 @@ def main(argv=None) -> int:
         for seed in seeds:
             run_dir = runs / f"{name}_seed{seed}"
             dirs.append(run_dir)
-            scfg = compose([f"seed={seed}", *args.overrides], experiment)
+            stage1 = []
+            if name in STAGE1:  # Sakana's PS+DFS: this seed's PS result is merged on load as the model `ps`
+                recipe_file = runs / f"{STAGE1[name]}_seed{seed}" / "best_recipe.yaml"
+                if not recipe_file.exists():
+                    raise FileNotFoundError(f"--searches {name} needs stage 1 first: {recipe_file} does not exist "
+                                            f"(add {STAGE1[name]} before {name} in --searches)")
+                stage1 = [f"space.recipe_models.ps={recipe_file}"]
+                pool.state.pop("ps", None)
+                add_recipe_model(pool, "ps", recipe_file)  # for re-scoring this seed's best path below
+            scfg = compose([f"seed={seed}", *stage1, *args.overrides], experiment)
             if not (run_dir / "final.json").exists():
                 run(scfg | {"resume": (run_dir / "evaluations.jsonl").exists()}, run_dir)
             final = json.loads((run_dir / "final.json").read_text())
