@@ -13,6 +13,8 @@ from pathlib import Path
 
 from evomerge.environment import describe
 
+KEYS = ("jp_math/acc_ja", "jp_math/acc", "jp_math/ja_rate")  # the Pareto columns: target, right number, Japanese
+
 
 def record(run: Path, title: str, command: str) -> str:
     final = json.loads((run / "final.json").read_text())
@@ -33,8 +35,6 @@ def record(run: Path, title: str, command: str) -> str:
                          + " / ".join(f"{100 * t[k]:.1f}" for k in KEYS) + " |")
     return "\n".join(lines) + "\n"
 
-
-KEYS = ("jp_math/acc_ja", "jp_math/acc", "jp_math/ja_rate")
 
 
 def main(argv=None) -> int:
