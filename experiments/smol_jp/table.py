@@ -26,8 +26,11 @@ from evomerge.store import atomic_write_text
 TARGET = "jp_math/acc_ja"
 COLUMNS = [("jp_math/acc_ja", "target (JA math, JA answer)"), ("jp_math/acc", "right number"),
            ("jp_math/ja_rate", "Japanese answer"), ("ja_general/acc_ja", "JA general")]
-TA_GRID = [0.5, 0.75, 1.0]  # lambda per expert: 9 merges scored on validation
-TIES_GRID = [(lam, d) for lam in (0.75, 1.0, 1.5) for d in (0.3, 0.7)]  # (lambda, density): 6 merges
+TA_GRID = "0.5,0.75,1"  # lambda per expert: 9 merges scored on validation (--ta-grid)
+TIES_LAMBDAS, TIES_DENSITIES = "0.75,1,1.5", "0.3,0.7"  # 6 (lambda, density) merges (--ties-lambdas/--ties-densities)
+# --tune-on graded: the grid point is chosen by the score the searches select with (smol_jp_graded's and
+# smol_jp_nsga2's weights), not by the target alone, which is 0 on every point of the default grid.
+GRADED = {"jp_math/acc_ja": 1.0, "jp_math/acc": 0.5, "jp_math/ja_rate": 0.5}
 # search name -> (experiment config, row label)
 SEARCHES = {"ps": ("smol_jp", "evolved PS (CMA-ES, target only)"),
             "graded": ("smol_jp_graded", "evolved PS (CMA-ES, graded fitness)"),
@@ -47,8 +50,9 @@ def compose(overrides: list[str], experiment: str = "smol_jp") -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def pareto_plot(run_dirs: list[Path], out: Path) -> int:
-    """The NSGA-II fronts' members on the test split: right number vs Japanese answer (size: the target)."""
+def pareto_plot(run_dirs: list[Path], out: Path, split: str, references: dict[str, dict]) -> int:
+    """The NSGA-II fronts' members on the held-out split: right number vs Japanese answer (size: the target), with
+    the reference rows (sources, average, tuned baselines) as crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,12 +64,16 @@ def pareto_plot(run_dirs: list[Path], out: Path) -> int:
         f = d / "pareto_final.json"
         if not f.exists():
             continue
-        pts = [m["metrics"] for m in json.loads(f.read_text()) if m.get("metrics")]
+        pts = [m[split] for m in json.loads(f.read_text()) if m.get(split)]  # (final.pareto_held_out's rows)
         n += len(pts)
         ax.scatter([100 * p["jp_math/acc"] for p in pts], [100 * p["jp_math/ja_rate"] for p in pts],
                    s=[20 + 400 * p["jp_math/acc_ja"] for p in pts], alpha=0.6, label=d.name)
-    ax.set_xlabel("right number, % (test)")
-    ax.set_ylabel("Japanese answer, % (test)")
+    for i, (label, m) in enumerate(references.items()):
+        x, y = 100 * m["jp_math/acc"], 100 * m["jp_math/ja_rate"]
+        ax.scatter([x], [y], marker="x", color="black")
+        ax.annotate(label.split(" (")[0], (x, y), fontsize=6, xytext=(3, 3 + 7 * (i % 2)), textcoords="offset points")
+    ax.set_xlabel(f"right number, % ({split})")
+    ax.set_ylabel(f"Japanese answer, % ({split})")
     ax.set_title("smol_jp NSGA-II fronts (marker size: target)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -79,13 +87,23 @@ def items(out, what: str) -> np.ndarray:
     return np.array([r["correct"] for r in out.records["jp_math"]], float)
 
 
-def tuned(worker, grid, recipe_for) -> tuple[tuple, dict]:
-    """The grid point with the best validation target (ties: the first, i.e. the smallest settings)."""
-    scores = {}
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def score(metrics: dict, tune_on: str) -> float:
+    return metrics[TARGET] if tune_on == "target" else sum(w * metrics[k] for k, w in GRADED.items())
+
+
+def tuned(worker, grid, recipe_for, tune_on: str) -> tuple[tuple, dict, dict]:
+    """The grid point with the best validation score (ties: the first, i.e. the smallest settings), every point's
+    score, and every point's validation target."""
+    scores, targets = {}, {}
     for point in grid:
-        scores[point] = worker.evaluate(recipe_for(*point), "validation").metrics[TARGET]
+        metrics = worker.evaluate(recipe_for(*point), "validation").metrics
+        scores[point], targets[point] = score(metrics, tune_on), metrics[TARGET]
     best = max(grid, key=lambda p: scores[p])
-    return best, scores
+    return best, scores, targets
 
 
 def main(argv=None) -> int:
@@ -95,6 +113,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", required=True, help="run directories go here (reused / resumed)")
     ap.add_argument("--out", default="experiments/smol_jp/table.md")
     ap.add_argument("--searches", default="ps", help=f"comma-separated, of {sorted(SEARCHES)}")
+    ap.add_argument("--ta-grid", default=TA_GRID, help="task arithmetic: lambda values, per expert (a square grid)")
+    ap.add_argument("--ties-lambdas", default=TIES_LAMBDAS, help="TIES: lambda values")
+    ap.add_argument("--ties-densities", default=TIES_DENSITIES, help="TIES: density values")
+    ap.add_argument("--tune-on", choices=("target", "graded"), default="target",
+                    help="the validation score that picks the grid point: the target, or the searches' weighted "
+                         f"score {GRADED}")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every search, e.g. search.budget=30")
     args = ap.parse_args(argv)
     from evomerge import models as models_pkg
@@ -106,8 +130,11 @@ def main(argv=None) -> int:
     from evomerge.run import run
 
     t0 = time.perf_counter()
+    ta_grid = [(a, b) for a in floats(args.ta_grid) for b in floats(args.ta_grid)]
+    ties_grid = [(lam, d) for lam in floats(args.ties_lambdas) for d in floats(args.ties_densities)]
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before any compute: the table and its plot go there
     cfg = compose(args.overrides)
     import torch
 
@@ -136,23 +163,27 @@ def main(argv=None) -> int:
         out = worker.evaluate(average_recipe(pool), "test")
         rows["plain average"], vec["plain average"] = out.metrics, items(out, "plain average").tolist()
         t_grid = time.perf_counter()
-        (lj, lm), ta_val = tuned(worker, [(a, b) for a in TA_GRID for b in TA_GRID], ta)
-        (lam, dens), ties_val = tuned(worker, TIES_GRID, ties)
+        (lj, lm), ta_val, ta_target = tuned(worker, ta_grid, ta, args.tune_on)
+        (lam, dens), ties_val, ties_target = tuned(worker, ties_grid, ties, args.tune_on)
         t_grid = time.perf_counter() - t_grid
         for label, recipe in ((f"task arithmetic (lambda ja {lj:g}, math {lm:g}, tuned on validation)", ta(lj, lm)),
                               (f"TIES (lambda {lam:g}, density {dens:g}, tuned on validation)", ties(lam, dens))):
             out = worker.evaluate(recipe, "test")
             rows[label], vec[label] = out.metrics, items(out, label).tolist()
-        print(f"baselines tuned in {t_grid:.0f} s: TA {lj}, {lm} (validation {ta_val[(lj, lm)]:.3f}); TIES {lam}, "
-              f"{dens} (validation {ties_val[(lam, dens)]:.3f})", flush=True)
+        print(f"baselines tuned on {args.tune_on} in {t_grid:.0f} s: TA {lj}, {lm} (validation "
+              f"{ta_val[(lj, lm)]:.3f}); TIES {lam}, {dens} (validation {ties_val[(lam, dens)]:.3f})", flush=True)
         return {"preconditions": pre, "rows": rows, "vec": vec,
                 "ta_validation": {f"{a},{b}": v for (a, b), v in ta_val.items()},
-                "ties_validation": {f"{a},{b}": v for (a, b), v in ties_val.items()}}
+                "ties_validation": {f"{a},{b}": v for (a, b), v in ties_val.items()},
+                "ta_validation_target": {f"{a},{b}": v for (a, b), v in ta_target.items()},
+                "ties_validation_target": {f"{a},{b}": v for (a, b), v in ties_target.items()}}
 
     # The reference rows do not depend on the searches: they are kept in <runs>/references.json, keyed by the
     # models, evaluators and grids, so that a table extended by more searches later does not score them again.
     key = {"models": cfg["models"], "evaluator": cfg["evaluator"], "preconditions": cfg.get("preconditions"),
-           "ta_grid": TA_GRID, "ties_grid": TIES_GRID}
+           "ta_grid": floats(args.ta_grid), "ties_grid": [list(p) for p in ties_grid]}
+    if args.tune_on != "target":  # (absent for the target, so caches made before the option stay valid)
+        key["tune_on"] = args.tune_on
     cache = runs / "references.json"
     cached = json.loads(cache.read_text()) if cache.exists() else None
     if cached is not None and cached.get("key") == json.loads(json.dumps(key)):
@@ -165,6 +196,7 @@ def main(argv=None) -> int:
     pre, rows = ref["preconditions"], ref["rows"]
     vec = {label: np.asarray(v, float) for label, v in ref["vec"].items()}
     ta_val, ties_val = ref["ta_validation"], ref["ties_validation"]
+    grid_targets = [v for k in ("ta_validation_target", "ties_validation_target") for v in ref.get(k, {}).values()]
 
     def search(name: str):
         """Each seed's run of search `name` (reused when finished, resumed when interrupted): its held-out
@@ -232,22 +264,28 @@ def main(argv=None) -> int:
                             + ("**better**" if lo > 0 else "worse" if hi < 0 else "not distinguishable"))
     if pareto_dirs:
         png = Path(args.out).with_name(Path(args.out).stem + "_pareto.png")  # beside the table, named after it
-        n_front = pareto_plot(pareto_dirs, png)
+        n_front = pareto_plot(pareto_dirs, png, cfg["final_split"], rows)
         verdicts += ["", f"Pareto plot: `{png}` ({n_front} front members of the "
                      "NSGA-II runs, each scored once on the test split; never used for selection)."]
     cost = all_cost
     merge_s, eval_s = np.median([c[0] for c in cost]), np.median([c[1] for c in cost])
     n_test = len(next(iter(vec.values())))
+    options = [f"--{k.replace('_', '-')} {v}" for k, v in (("ta_grid", args.ta_grid), ("ties_lambdas", args.ties_lambdas),
+               ("ties_densities", args.ties_densities), ("tune_on", args.tune_on)) if v != ap.get_default(k)]
     cmd = "python experiments/smol_jp/table.py " + " ".join([f"--seeds {args.seeds}", f"--searches {args.searches}",
-                                                              *args.overrides])
+                                                              *options, *args.overrides])
+    grid = (f"task arithmetic on a {len(floats(args.ta_grid))}x{len(floats(args.ta_grid))} lambda grid, TIES on "
+            f"{len(ties_grid)} (lambda, density) points: {len(ta_grid) + len(ties_grid)} merges scored on validation, "
+            f"chosen by {'the target' if args.tune_on == 'target' else f'the weighted score {GRADED}'}")
+    if grid_targets:
+        grid += f"; the best validation target of any grid merge: {100 * max(grid_targets):.1f}%"
     header, facts = provenance(cmd, Path(cfg["models"]["base"]["path"]).parent)
     text = "\n".join([
         "# smol_jp: Sakana's jp_math study on real weights (SmolLM2-135M-Instruct, LoRA experts)", "", *header,
         f"Wall time: {(time.perf_counter() - t0) / 60:.1f} min (finished searches under {args.runs} are reused)", "",
         f"Held-out test split ({n_test} problems), accuracy in %. Evolved: mean [95% bootstrap interval over the "
         f"search seeds {seeds}; with 3 seeds about their min-max]. Baselines tuned on the validation split "
-        f"(task arithmetic on a {len(TA_GRID)}x{len(TA_GRID)} lambda grid, TIES on {len(TIES_GRID)} (lambda, "
-        "density) points), scored once on test.", "", *lines, *verdicts, "", preconditions_pkg.format_results(pre), "",
+        f"({grid}), scored once on test.", "", *lines, *verdicts, "", preconditions_pkg.format_results(pre), "",
         f"Per candidate: merge in memory {merge_s:.2f} s (warm), whole evaluation (merge + fitness scoring) {eval_s:.1f} s "
         f"(median over each search's evaluations), so {60 / eval_s:.1f} evaluations per minute; merging is "
         f"{100 * merge_s / eval_s:.0f}% of the cost."])
