@@ -68,3 +68,37 @@ def test_dfs_config_starts_from_maths_own_path():
     path = space.decode(x0).path
     assert [(h.model, h.layer) for h in path] == [("math", k) for k in range(30)]
     assert list(space.seeds()) and cfg["search"]["objectives"][0]["metric"] == "jp_math/acc_ja"
+
+
+def test_pareto_plot_reads_the_rows_the_run_writes(tmp_path):
+    """table.py's Pareto plot reads pareto_final.json as final.pareto_held_out writes it (held-out scores under the
+    split's name): it once looked for a 'metrics' key those rows lack and plotted no member at all."""
+    import importlib.util
+    from pathlib import Path
+
+    from evomerge.executor.worker import Outcome
+    from evomerge.final import pareto_held_out
+    from evomerge.recipe import Recipe, Rule
+
+    class Scores:  # a worker that scores every recipe by its first weight (no model needed)
+        def evaluate(self, recipe, split):
+            w = recipe.default.per_model["weight"][0]
+            return Outcome({"jp_math/acc": w, "jp_math/ja_rate": 1 - w, "jp_math/acc_ja": w / 2})
+
+    front = [{"id": i, "genome": [w], "metrics": {"jp_math/acc": w},
+              "recipe": Recipe(models=["ja", "math"], base="base",
+                               default=Rule("linear", per_model={"weight": [w, 1 - w]})).to_dict()}
+             for i, w in enumerate((0.2, 0.6, 0.9))]
+    run = tmp_path / "nsga2_seed0"
+    run.mkdir()
+    rows = pareto_held_out(Scores(), front, "test")
+    (run / "pareto_final.json").write_text(json.dumps(rows))
+    path = Path(__file__).resolve().parents[1] / "experiments" / "smol_jp" / "table.py"
+    spec = importlib.util.spec_from_file_location("smol_jp_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    refs = {"math": {"jp_math/acc": 0.9, "jp_math/ja_rate": 0.0}}
+    png = tmp_path / "front.png"
+    assert table.pareto_plot([run, tmp_path / "missing_seed"], png, "test", refs) == 3
+    assert png.stat().st_size > 0
+    assert table.pareto_plot([run], tmp_path / "v.png", "validation", refs) == 0  # no rows scored on validation
