@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     if pareto_dirs:
         png = Path(args.out).with_name(Path(args.out).stem + "_pareto.png")  # beside the table, named after it
         n_front = pareto_plot(pareto_dirs, png, cfg["final_split"], rows)
-        verdicts += ["", f"Pareto plot: `{png}` ({n_front} front members of the "
+        verdicts += ["", f"Pareto plot: `{png.name}`, beside this table ({n_front} front members of the "
                      "NSGA-II runs, each scored once on the test split; never used for selection)."]
     cost = all_cost
     merge_s, eval_s = np.median([c[0] for c in cost]), np.median([c[1] for c in cost])
